@@ -588,6 +588,14 @@ static int ctx_init(struct cli_ctx *ctx, const struct cli_args *a)
     ctx->err = stderr;
     ctx->json = a->json;
     ctx->backoff_ms = BACKOFF_MS;
+    {
+        /* Testing knob: shorter retry delays. */
+        const char *b = getenv("KILN_CLI_BACKOFF_MS");
+        uint64_t ms;
+        if (b != NULL && parse_u64(b, 10000, &ms) == 0 && ms > 0) {
+            ctx->backoff_ms = (unsigned)ms;
+        }
+    }
     if (addr == NULL) {
         addr = getenv("KILN_ADDR");
         if (addr != NULL && addr[0] == '\0') {
