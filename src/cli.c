@@ -543,7 +543,7 @@ static int cmd_help(struct cli_ctx *ctx, const struct cli_args *a)
     words[1] = (char *)a->pos[0];
     words[2] = a->npos > 1 ? (char *)a->pos[1] : NULL;
     c = cli__find(a->npos + 1, words, &consumed);
-    if (c != NULL && (consumed == 2 || c->sub == NULL)) {
+    if (c != NULL && consumed == 2) {
         print_usage(ctx->out, c);
         fputs(common_flags, ctx->out);
         return 0;

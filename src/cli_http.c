@@ -308,7 +308,11 @@ static int event_cb(void *arg,
     }
     fwrite(data, 1, len, f->ctx->out);
     fputc('\n', f->ctx->out);
-    fflush(f->ctx->out);
+    if (fflush(f->ctx->out) != 0) {
+        /* The reader went away (kiln logs -f | head): stop quietly. */
+        errmsg_printf(f->errmsg, "cannot write the output");
+        return ERR_IO;
+    }
     f->printed++;
     return 0;
 }
@@ -383,6 +387,7 @@ int cli__follow_logs(struct cli_ctx *ctx, const char *job_id)
         if (f.last_id[0] != '\0') {
             snprintf(id_hdr, sizeof id_hdr, "Last-Event-ID: %s", f.last_id);
             headers = add_header(headers, id_hdr, &failed);
+            f.skip = 0;
         } else {
             /* Without ids the server replays from the start: drop what
              * was already printed. */
