@@ -364,6 +364,7 @@ int cli__follow_logs(struct cli_ctx *ctx, const char *job_id)
     unsigned delay = ctx->backoff_ms;
     int failures = 0;
     int status = 1;
+    bool connected = false;
     CURLcode cc = CURLE_OK;
     char curl_err[CURL_ERROR_SIZE];
 
@@ -440,6 +441,14 @@ int cli__follow_logs(struct cli_ctx *ctx, const char *job_id)
         }
         free(f.err_body.data);
         memset(&f.err_body, 0, sizeof f.err_body);
+        if (f.http_status != 0) {
+            connected = true;
+        } else if (!connected) {
+            /* Never reached the node at all: fail like other commands. */
+            fprintf(ctx->err, "kiln: cannot reach kiln at %s: %s\n", ctx->addr,
+                    curl_err[0] != '\0' ? curl_err : curl_easy_strerror(cc));
+            break;
+        }
         /* Dropped (or 503): reconnect with backoff; progress resets the
          * budget so a long job survives many blips. */
         if (f.progress) {

@@ -209,6 +209,9 @@ static void serve(int fd, struct fake_state *st, const char *log_path)
             "\"signal\":\"SIGTERM\"}\n\n",
             NULL};
         sse(fd, pieces);
+    } else if (strcmp(target, "/v1/jobs/j5/logs?follow=true") == 0) {
+        const char *pieces[] = {"data: x\n\nevent: end\ndata: nope\n\n", NULL};
+        sse(fd, pieces);
     } else if (strcmp(method, "POST") == 0 &&
                strcmp(target, "/v1/pipelines") == 0) {
         json_reply(fd, 201, "{\"name\":\"etl\",\"version\":1}");
@@ -369,6 +372,9 @@ Test(cli_fake, logs_follow_signal_and_404)
     struct fake f;
     fake_start(&f);
     cr_assert_eq(RUN("logs", "-f", "j4", "--addr", f.addr), 143);
+    cr_assert_eq(RUN("logs", "-f", "j5", "--addr", f.addr), 1);
+    cr_assert_str_eq(out, "x\n");
+    cr_assert_str_eq(err, "kiln: malformed end event from server\n");
     cr_assert_eq(RUN("logs", "-f", "missing", "--addr", f.addr), 1);
     cr_assert_str_eq(err, "kiln: job missing not found\n");
     fake_stop(&f);
@@ -499,6 +505,8 @@ Test(cli_fake, connection_refused_and_usage_errors)
     /* submit retries, then fails the same way. */
     cr_assert_eq(RUN("submit", "--addr", addr, "--", "true"), 1);
     cr_assert(strncmp(err, want, strlen(want)) == 0, "%s", err);
+    cr_assert_eq(RUN("logs", "-f", "j1", "--addr", addr), 1);
+    cr_assert(strncmp(err, want, strlen(want)) == 0, "%s", err);
     cr_assert_eq(RUN("jobs", "--bogus"), 2);
     cr_assert(strstr(err, "usage: kiln jobs") != NULL, "%s", err);
     cr_assert_eq(RUN("job"), 2);
@@ -506,6 +514,11 @@ Test(cli_fake, connection_refused_and_usage_errors)
     cr_assert_eq(RUN("pipeline"), 2);
     cr_assert_eq(RUN("job", "--help"), 0);
     cr_assert(strstr(out, "usage: kiln job ID") == out, "%s", out);
+    setenv("KILN_ADDR", "not-an-address", 1);
+    cr_assert_eq(RUN("health"), 2);
+    cr_assert(strstr(err, "kiln: bad address 'not-an-address'") == err, "%s",
+              err);
+    unsetenv("KILN_ADDR");
     cr_assert_eq(RUN("version"), 0);
     cr_assert(strncmp(out, "kiln ", 5) == 0);
 }
