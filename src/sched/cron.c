@@ -322,6 +322,7 @@ static int parse_every(const char *s,
 {
     static const char *const f = "every";
     int64_t total = 0;
+    size_t start = p;
     char buf[SHOW_MAX * 4 + 8];
 
     if (p >= end) {
@@ -373,12 +374,12 @@ static int parse_every(const char *s,
         p++;
         total += n * unit;
         if (total > CRON_EVERY_MAX_S) {
-            return perr(errmsg, np, f, "duration above the maximum of %dd",
+            return perr(errmsg, start, f, "duration above the maximum of %dd",
                         CRON_EVERY_MAX_S / 86400);
         }
     }
     if (total < CRON_EVERY_MIN_S) {
-        return perr(errmsg, end - 1, f, "duration below the minimum of 1s");
+        return perr(errmsg, start, f, "duration below the minimum of 1s");
     }
     *out = total * 1000;
     return 0;
@@ -662,9 +663,10 @@ static int64_t next_wall(const struct cron_expr *e, int64_t w, int64_t ylimit)
             continue;
         }
         if (!day_matches(e, y, mo, d)) {
-            if ((e->flags & CRON_F_DOW_STAR) != 0) {
-                /* Only the day of month matters: jump to its next value. */
-                b = next_bit(e->dom, d);
+            if (e->dow == 0x7f && (e->flags & CRON_F_DOW_STAR) != 0) {
+                /* Only the day of month matters (and d is not in it): jump
+                 * to its next value. */
+                b = next_bit(e->dom, d + 1);
                 d = b < 0 ? 32 : (unsigned)b;
             } else {
                 d++;
@@ -743,18 +745,27 @@ int64_t cron_next(const struct cron_expr *e, int64_t after_ms)
         int64_t tr;
         int64_t wm;
         int64_t u;
+        bool at_gap = false;
 
         /* Inside the second pass of a repeated (fall-back) hour: the wall
-         * times already seen before the transition do not fire again. */
+         * times already seen before the transition do not fire again. At a
+         * spring-forward transition instant itself, the skipped wall times
+         * are still due (they fire at the transition). */
         if (tz_prev_transition(z, t, &tr)) {
             int64_t prev = tz_utc_offset_s(z, tr - 1);
             if (prev > off && t - tr < prev - off && tr + prev > w) {
                 w = tr + prev;
+            } else if (prev < off && tr == t) {
+                w = t + prev;
+                at_gap = true;
             }
         }
         wm = next_wall(e, w, ylimit);
         if (wm == NONE) {
             return INT64_MAX;
+        }
+        if (at_gap && wm < t + off) {
+            return t * 1000;
         }
         u = wm - off;
         if (!tz_next_transition(z, t, &tr) || u < tr) {
