@@ -552,7 +552,14 @@ static int check_hdr(const struct tzif_hdr *h, const char *name, char *errmsg)
         return malformed(errmsg, name, "bad indicator count");
     }
     if (h->leapcnt != 0) {
-        return malformed(errmsg, name, "leap-second zones are not supported");
+        /* "right/..." zones count leap seconds; Unix time does not. */
+        if (errmsg != NULL) {
+            errmsg_printf(errmsg,
+                          "timezone: zone '%s': leap-second zones are not "
+                          "supported",
+                          name);
+        }
+        return ERR_INVALID;
     }
     return 0;
 }
@@ -822,6 +829,8 @@ bad:
 int tz_load(const char *name, const struct tz **out, char *errmsg)
 {
     char path[sizeof TZ_DIR + TZ_NAME_MAX + 2];
+    unsigned char *buf;
+    uint64_t len;
     struct tz *z;
     int rv;
 
@@ -832,6 +841,13 @@ int tz_load(const char *name, const struct tz **out, char *errmsg)
     rv = tz_validate_name(name, errmsg);
     if (rv != 0) {
         return rv;
+    }
+    if (strcmp(name, "localtime") == 0) {
+        /* A link to the node's /etc/localtime: not the same on every node. */
+        if (errmsg != NULL) {
+            errmsg_printf(errmsg, "timezone: unknown zone '%s'", name);
+        }
+        return ERR_INVALID;
     }
     pthread_mutex_lock(&cache_lock);
     for (z = cache_head; z != NULL; z = z->next) {
@@ -845,7 +861,20 @@ int tz_load(const char *name, const struct tz **out, char *errmsg)
 
     memcpy(path, TZ_DIR "/", sizeof TZ_DIR);
     memcpy(path + sizeof TZ_DIR, name, strlen(name) + 1);
-    rv = tz_load_file(path, name, &z, errmsg);
+    rv = read_file(path, name, &buf, &len, errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+    if (len < 4 || memcmp(buf, "TZif", 4) != 0) {
+        /* Not a zone at all (zone.tab, leapseconds, ...). */
+        free(buf);
+        if (errmsg != NULL) {
+            errmsg_printf(errmsg, "timezone: unknown zone '%s'", name);
+        }
+        return ERR_INVALID;
+    }
+    rv = tz_load_bytes(buf, len, name, &z, errmsg);
+    free(buf);
     if (rv != 0) {
         return rv;
     }

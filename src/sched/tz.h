@@ -30,8 +30,11 @@ int tz_validate_name(const char *name, char *errmsg);
  * life of the process.
  * On success *out points into the cache: it is borrowed, immutable, safe to
  * share between threads, and valid until tz_cache_clear().
+ * "localtime" (a link to the node's own /etc/localtime) is refused, so a
+ * zone means the same on every node.
  * Errors (message in errmsg, ERRMSG_SIZE bytes, may be NULL):
- *   ERR_INVALID   bad name or no such zone: "timezone: unknown zone 'X'"
+ *   ERR_INVALID   bad name or no such zone: "timezone: unknown zone 'X'",
+ *                 or a leap-second ("right/...") zone
  *   ERR_MALFORMED the zone file exists but is not valid TZif
  *   ERR_IO        the zone file could not be read
  *   ERR_NOMEM */

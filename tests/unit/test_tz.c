@@ -1,5 +1,7 @@
 /* Unit tests: TZif reader, POSIX footer rules, zone names, cache. */
+#define _GNU_SOURCE /* nftw */
 #include <criterion/criterion.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +144,66 @@ Test(tz, matches_glibc_localtime)
     }
 }
 
+static struct prng walk_rng;
+static unsigned walk_zones;
+
+static int walk_cb(const char *path,
+                   const struct stat *st,
+                   int type,
+                   struct FTW *ftw)
+{
+    const char *name = path + strlen(TZ_DIR) + 1;
+    const struct tz *z = NULL;
+    char errmsg[ERRMSG_SIZE];
+    char env[128];
+    unsigned k;
+    (void)st;
+    (void)ftw;
+    if (type != FTW_F || strncmp(name, "right/", 6) == 0 ||
+        strcmp(name, "localtime") == 0 || tz_validate_name(name, NULL) != 0) {
+        return 0;
+    }
+    {
+        /* Skip the database's non-zone files (leapseconds, ...). */
+        char magic[4] = {0};
+        FILE *f = fopen(path, "rb");
+        cr_assert_not_null(f);
+        if (fread(magic, 1, 4, f) != 4 || memcmp(magic, "TZif", 4) != 0) {
+            fclose(f);
+            cr_expect_eq(tz_load(name, &z, NULL), ERR_INVALID, "%s", name);
+            return 0;
+        }
+        fclose(f);
+    }
+    cr_assert_eq(tz_load(name, &z, errmsg), 0, "%s: %s", name, errmsg);
+    snprintf(env, sizeof env, ":%s", name);
+    setenv("TZ", env, 1);
+    tzset();
+    for (k = 0; k < 100; k++) {
+        /* 1900 .. 2400 */
+        int64_t t =
+            -2208988800LL + (int64_t)prng_below(&walk_rng, 15778800000ULL);
+        time_t tt = (time_t)t;
+        struct tm tm;
+        cr_assert_not_null(localtime_r(&tt, &tm));
+        cr_assert_eq(tz_utc_offset_s(z, t), tm.tm_gmtoff,
+                     "%s at %lld: ours %lld glibc %ld", name, (long long)t,
+                     (long long)tz_utc_offset_s(z, t), tm.tm_gmtoff);
+    }
+    walk_zones++;
+    return 0;
+}
+
+/* Every zone of the system database loads and agrees with glibc. */
+Test(tz, all_system_zones_match_glibc, .timeout = 60)
+{
+    prng_seed(&walk_rng, 1);
+    walk_zones = 0;
+    cr_assert_eq(nftw(TZ_DIR, walk_cb, 16, FTW_PHYS), 0);
+    cr_expect_gt(walk_zones, 300, "only %u zones", walk_zones);
+    tz_cache_clear();
+}
+
 static void expect_bad_name(const char *name, int want_rv, const char *msg)
 {
     const struct tz *z = NULL;
@@ -170,6 +232,13 @@ Test(tz, bad_names_rejected)
                     "timezone: invalid zone name 'Europe//Berlin': empty or "
                     "relative path component");
     expect_bad_name("Europe/", ERR_INVALID, NULL);
+    expect_bad_name("leapseconds", ERR_INVALID,
+                    "timezone: unknown zone 'leapseconds'");
+    expect_bad_name("localtime", ERR_INVALID,
+                    "timezone: unknown zone 'localtime'");
+    expect_bad_name("right/UTC", ERR_INVALID,
+                    "timezone: zone 'right/UTC': leap-second zones are not "
+                    "supported");
     expect_bad_name("zone.tab", ERR_INVALID, NULL);
     expect_bad_name("Europe/Berlin\n", ERR_INVALID, NULL);
     expect_bad_name("Europe/Ber lin", ERR_INVALID, NULL);
