@@ -12,6 +12,8 @@
 #include "sched/tz.h"
 #include "util.h"
 
+TestSuite(tz, .timeout = 60);
+
 static int64_t at(const char *rfc3339)
 {
     int64_t ms = 0;
@@ -195,7 +197,7 @@ static int walk_cb(const char *path,
 }
 
 /* Every zone of the system database loads and agrees with glibc. */
-Test(tz, all_system_zones_match_glibc, .timeout = 60)
+Test(tz, all_system_zones_match_glibc)
 {
     prng_seed(&walk_rng, 1);
     walk_zones = 0;
