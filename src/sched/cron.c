@@ -7,7 +7,8 @@
 
 #include "err.h"
 
-/* Highest bit index of a field mask, and the default upper end of '*'. */
+/* One cron field: its name in messages, accepted values, names, and the
+ * range that "*" stands for. */
 struct field_def
 {
     const char *name;
