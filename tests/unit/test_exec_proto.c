@@ -269,8 +269,8 @@ Test(exec_proto, wrong_version_and_garbage_rejected)
      * bad data. */
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int iter = 0; iter < 20000; iter++) {
-        uint8_t f[64];
-        size_t len = 6 + (size_t)(iter % 58);
+        uint8_t f[200];
+        size_t len = 6 + (size_t)(iter % 194);
         for (size_t i = 0; i < len; i++) {
             s ^= s << 13;
             s ^= s >> 7;
@@ -362,6 +362,45 @@ static void body_negative_pid(msgpack_packer *pk)
     msgpack_pack_str_body(pk, "j", 1);
     msgpack_pack_uint64(pk, 1);
     msgpack_pack_int64(pk, -5);
+}
+
+Test(exec_proto, huge_declared_containers_rejected_without_allocating)
+{
+    /* array32 of 2^32-1 items, map32, str32 and bin32 claiming 4 GiB: a
+     * naive msgpack_unpack_next would size its zone from these. */
+    static const uint8_t bodies[][5] = {
+        {0xdd, 0xff, 0xff, 0xff, 0xff}, {0xdf, 0xff, 0xff, 0xff, 0xff},
+        {0xdb, 0xff, 0xff, 0xff, 0xff}, {0xc6, 0xff, 0xff, 0xff, 0xff},
+        {0xdc, 0xff, 0xff, 0x90, 0x90},
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        uint8_t f[6 + 5] = {0, 0, 0, 7, EXEC__PROTO_VERSION, EXEC__MSG_SPAWN};
+        struct exec__msg d;
+        memcpy(f + 6, bodies[i], 5);
+        cr_assert_eq(exec__msg_decode(f, sizeof f, &d, NULL), ERR_MALFORMED,
+                     "case %zu", i);
+    }
+    /* A legitimate big array (1 MiB frame of nils) is bounded too. */
+    {
+        size_t n = 200000;
+        uint8_t *f = malloc(6 + 5 + n);
+        struct exec__msg d;
+        size_t body = 2 + 5 + n;
+        f[0] = (uint8_t)(body >> 24);
+        f[1] = (uint8_t)(body >> 16);
+        f[2] = (uint8_t)(body >> 8);
+        f[3] = (uint8_t)body;
+        f[4] = EXEC__PROTO_VERSION;
+        f[5] = EXEC__MSG_SPAWN;
+        f[6] = 0xdd;
+        f[7] = (uint8_t)(n >> 24);
+        f[8] = (uint8_t)(n >> 16);
+        f[9] = (uint8_t)(n >> 8);
+        f[10] = (uint8_t)n;
+        memset(f + 11, 0xc0, n);
+        cr_assert_eq(exec__msg_decode(f, 11 + n, &d, NULL), ERR_MALFORMED);
+        free(f);
+    }
 }
 
 Test(exec_proto, semantic_garbage_rejected)
