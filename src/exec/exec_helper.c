@@ -578,6 +578,11 @@ static void handle_spawn(struct helper *h, const struct exec__msg *m)
                      "kiln: executor shutting down; spawn refused");
         return;
     }
+    if (h->fence_deadline != 0 && !h->fenced &&
+        time_mono_ms() >= h->fence_deadline) {
+        /* The deadline passed while we were busy reading requests. */
+        fence_all(h, "deadline passed");
+    }
     if (h->fenced) {
         refuse_spawn(h, m, EXEC_FENCED, "kiln: node is fenced; spawn refused");
         return;
