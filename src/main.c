@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "config.h"
 #include "err.h"
+#include "exec/exec.h"
 #include "log.h"
 #include "node.h"
 
@@ -86,6 +87,9 @@ int main(int argc, char **argv)
     /* STACK.md pitfall 2: a write to a dead raft peer must not kill us. */
     signal(SIGPIPE, SIG_IGN);
 
+    if (argc >= 2 && strcmp(argv[1], "exec-helper") == 0) {
+        return exec_helper_main(argc - 2, argv + 2);
+    }
     if (argc >= 2 && strcmp(argv[1], "agent") == 0) {
         return run_agent(argc - 2, argv + 2);
     }
