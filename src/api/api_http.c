@@ -18,8 +18,9 @@
 #define HTTP_MAX_PARAMS 8
 #define HTTP_MAX_SEGS 32
 #define HTTP_TICK_MS 250
-#define HTTP_SWALLOW_MAX (64u * 1024u * 1024u) /* body bytes ignored past 413 \
-                                                */
+#define HTTP_SWALLOW_MAX                                 \
+    (64u * 1024u * 1024u) /* body bytes ignored past 413 \
+                           */
 
 /* One registered route; the pattern is split into segments. */
 struct http_route
@@ -39,6 +40,17 @@ struct http_hdr
     char *value; /* owned */
 };
 
+/* Every open connection (MHD_OPTION_NOTIFY_CONNECTION), to catch peers
+ * that closed while MHD was not looking (see tick_cb). */
+struct http_conn
+{
+    struct http_conn *next, *prev;
+    struct MHD_Connection *conn; /* borrowed from MHD */
+    struct http_req *req;        /* current request, or NULL */
+    int fd;
+    int nudges; /* suspend/resume kicks given */
+};
+
 enum req_state {
     REQ_RECV = 0, /* receiving headers/body */
     REQ_HANDLING, /* inside the handler */
@@ -52,6 +64,7 @@ struct http_req
     struct http_req *next, *prev;
     struct http_server *s;       /* borrowed */
     struct MHD_Connection *conn; /* borrowed from MHD */
+    struct http_conn *hc;        /* borrowed, may be NULL */
     enum req_state state;
     int suspended;      /* MHD_suspend_connection active */
     int too_large;      /* body over max_body */
@@ -136,18 +149,13 @@ static void list_unlink_stream(struct http_server *s, struct http_stream *st)
     st->next = st->prev = NULL;
 }
 
-/* Whether the peer of a connection has closed or reset it. */
-static int conn_peer_gone(struct MHD_Connection *conn)
+/* Whether the peer of a socket has closed (with nothing unread) or reset. */
+static int fd_peer_gone(int fd)
 {
-    const union MHD_ConnectionInfo *ci;
     char c;
     ssize_t n;
 
-    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci == NULL) {
-        return 0;
-    }
-    n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0) {
         return 1;
     }
@@ -155,6 +163,14 @@ static int conn_peer_gone(struct MHD_Connection *conn)
         return 1;
     }
     return 0;
+}
+
+static int conn_peer_gone(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci;
+
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci != NULL && fd_peer_gone(ci->connect_fd);
 }
 
 /* ---- config, init ----------------------------------------------------- */
@@ -337,6 +353,14 @@ static struct http_req *req_new(struct http_server *s,
         free(r);
         return NULL;
     }
+    {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        if (ci != NULL && ci->socket_context != NULL) {
+            r->hc = ci->socket_context;
+            r->hc->req = r;
+        }
+    }
     r->next = s->reqs;
     if (s->reqs != NULL) {
         s->reqs->prev = r;
@@ -363,6 +387,9 @@ static void req_free(struct http_req *r)
     struct http_hdr *h;
 
     list_unlink_req(r->s, r);
+    if (r->hc != NULL && r->hc->req == r) {
+        r->hc->req = NULL;
+    }
     if (r->stream != NULL) {
         struct http_stream *st = r->stream;
         r->stream = NULL;
@@ -758,6 +785,7 @@ static enum MHD_Result access_cb(void *cls,
 
     if (r == NULL) {
         const char *cl;
+        const char *expect;
         uint64_t v;
         if (s->closing) {
             return MHD_NO;
@@ -769,16 +797,25 @@ static enum MHD_Result access_cb(void *cls,
         *con_cls = r;
         cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                          MHD_HTTP_HEADER_CONTENT_LENGTH);
+        expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                             MHD_HTTP_HEADER_EXPECT);
         if (cl != NULL && parse_u64(cl, UINT64_MAX, &v) == 0 &&
             v > s->cfg.max_body) {
-            /* Early 413: MHD stops reading and closes afterwards. */
             r->too_large = 1;
-            http_reply_error(r, 413, "too_large",
-                             "request body exceeds %zu bytes", s->cfg.max_body);
-            if (r->resp == NULL) {
-                return MHD_NO;
+            if (expect != NULL || v > HTTP_SWALLOW_MAX) {
+                /* Early 413: the client waits for "100 Continue" (or the
+                 * body is absurd): answer now, MHD closes afterwards.
+                 * Otherwise the body is read and dropped, and 413 comes
+                 * after it: closing while the client still sends would
+                 * make the kernel reset the connection and lose the 413. */
+                http_reply_error(r, 413, "too_large",
+                                 "request body exceeds %zu bytes",
+                                 s->cfg.max_body);
+                if (r->resp == NULL) {
+                    return MHD_NO;
+                }
+                return req_queue(r);
             }
-            return req_queue(r);
         }
         return MHD_YES;
     }
@@ -1128,6 +1165,7 @@ static void tick_cb(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     struct http_stream *st;
     struct http_req *r, *next;
+    struct http_conn *hc;
 
     for (st = s->streams; st != NULL; st = st->next) {
         if (st->dead || st->ended || st->req == NULL) {
@@ -1150,6 +1188,65 @@ static void tick_cb(uv_timer_t *t)
             req_notify_abort(r);
         }
     }
+    /* MHD 0.9.75's edge-triggered epoll misses a FIN that arrives together
+     * with the last bytes of a partial request: the connection would linger
+     * until the idle timeout. A suspend/resume marks it ready again (MHD
+     * re-reads resumed connections), so MHD sees the EOF and closes it. */
+    for (hc = s->conns; hc != NULL; hc = hc->next) {
+        if ((hc->req != NULL && hc->req->suspended) || hc->nudges >= 3 ||
+            hc->fd < 0) {
+            continue;
+        }
+        if (fd_peer_gone(hc->fd)) {
+            hc->nudges++;
+            MHD_suspend_connection(hc->conn);
+            MHD_resume_connection(hc->conn);
+            kick_soon(s);
+        }
+    }
+}
+
+static void conn_notify_cb(void *cls,
+                           struct MHD_Connection *conn,
+                           void **socket_context,
+                           enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_server *s = cls;
+    struct http_conn *hc = *socket_context;
+
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci;
+        hc = calloc(1, sizeof *hc);
+        if (hc == NULL) {
+            return; /* not tracked: only the idle timeout reaps it */
+        }
+        hc->conn = conn;
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        hc->fd = ci != NULL ? ci->connect_fd : -1;
+        hc->next = s->conns;
+        if (s->conns != NULL) {
+            s->conns->prev = hc;
+        }
+        s->conns = hc;
+        *socket_context = hc;
+        return;
+    }
+    if (hc == NULL) {
+        return;
+    }
+    *socket_context = NULL;
+    if (hc->req != NULL) {
+        hc->req->hc = NULL;
+    }
+    if (hc->prev != NULL) {
+        hc->prev->next = hc->next;
+    } else {
+        s->conns = hc->next;
+    }
+    if (hc->next != NULL) {
+        hc->next->prev = hc->prev;
+    }
+    free(hc);
 }
 
 __attribute__((format(printf, 2, 0))) static void mhd_log_cb(void *cls,
@@ -1233,6 +1330,7 @@ int http_server_start(struct http_server *s, char *errmsg)
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
         NULL, access_cb, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->listen_fd,
         MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s,
+        MHD_OPTION_NOTIFY_CONNECTION, conn_notify_cb, s,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.timeout_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->cfg.max_conns,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.max_header,

@@ -19,6 +19,7 @@ struct MHD_Daemon;
 struct http_req;
 struct http_stream;
 struct http_route;
+struct http_conn;
 struct http_server;
 
 /* Defaults (http_server_config_defaults). */
@@ -61,6 +62,7 @@ struct http_server
     struct http_route *routes;   /* owned list */
     struct http_req *reqs;       /* owned list of live requests */
     struct http_stream *streams; /* owned list of live streams */
+    struct http_conn *conns;     /* owned list of open connections */
     char errmsg[ERRMSG_SIZE];
 };
 
