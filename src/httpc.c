@@ -32,6 +32,7 @@ struct httpc_sock
     struct httpc_sock *next, *prev; /* c->socks */
     struct httpc *c;
     curl_socket_t fd;
+    int events; /* UV_READABLE/UV_WRITABLE last asked for */
 };
 
 static struct httpc_sock **socks_head(struct httpc *c)
@@ -103,7 +104,11 @@ static void poll_cb(uv_poll_t *p, int status, int events)
     int running = 0;
 
     if (status < 0) {
-        flags |= CURL_CSELECT_ERR;
+        /* libuv reports POLLERR/POLLHUP as an error and stops the handle.
+         * Data (e.g. an early 413) may still be readable: let curl find out
+         * by reading and writing, and keep watching. */
+        flags = CURL_CSELECT_IN | CURL_CSELECT_OUT;
+        uv_poll_start(&k->poll, k->events, poll_cb);
     }
     if (events & UV_READABLE) {
         flags |= CURL_CSELECT_IN;
@@ -161,6 +166,7 @@ static int socket_cb(CURL *easy,
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) {
         events |= UV_WRITABLE;
     }
+    k->events = events;
     uv_poll_start(&k->poll, events, poll_cb);
     return 0;
 }

@@ -124,8 +124,8 @@ static json_t *body_json(const struct got *g)
 static void assert_error(const struct got *g, long status, const char *code)
 {
     json_t *j;
-    cr_assert_eq(g->status, status, "status %ld != %ld (%s)", g->status, status,
-                 g->body);
+    cr_assert_eq(g->status, status, "status %ld != %ld (%s) [%s]", g->status,
+                 status, g->body, g->err);
     j = body_json(g);
     cr_assert_str_eq(
         json_string_value(json_object_get(json_object_get(j, "error"), "code")),
