@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -333,6 +334,17 @@ static void fx_stop(struct fx *f)
 
 TestSuite(http_engine, .timeout = 60);
 
+static int count_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++) {
+        if (fcntl(fd, F_GETFD) != -1) {
+            n++;
+        }
+    }
+    return n;
+}
+
 /* ---- tests ------------------------------------------------------------- */
 
 Test(http_engine, routes_params_query_headers)
@@ -341,7 +353,14 @@ Test(http_engine, routes_params_query_headers)
     struct got g;
     json_t *j;
     const char *hdrs[] = {"X-Test: yes", NULL};
+    int fds;
 
+    /* a first cycle, so that one-time global fds (libuv, curl) exist */
+    fx_start(&f);
+    fetch(&f, "GET", "/v1/thing", NULL, NULL, &g);
+    got_free(&g);
+    fx_stop(&f);
+    fds = count_fds();
     fx_start(&f);
     fetch(&f, "GET", "/v1/echo/42/x/bob?q=a%20b&flag", NULL, hdrs, &g);
     cr_assert_eq(g.status, 200, "%s", g.body);
@@ -382,6 +401,8 @@ Test(http_engine, routes_params_query_headers)
     cr_assert_str_eq(g.body, "thing\n");
     got_free(&g);
     fx_stop(&f);
+    cr_assert_eq(count_fds(), fds, "file descriptors leaked %d -> %d", fds,
+                 count_fds());
 }
 
 Test(http_engine, json_bodies)
