@@ -185,6 +185,7 @@ void http_server_config_defaults(struct http_server_config *c)
     c->timeout_s = HTTP_DEFAULT_TIMEOUT_S;
     c->max_header = HTTP_DEFAULT_MAX_HEADER;
     c->stream_max = HTTP_DEFAULT_STREAM_MAX;
+    c->tick_ms = HTTP_TICK_MS;
 }
 
 int http_server_init(struct http_server *s,
@@ -197,6 +198,9 @@ int http_server_init(struct http_server *s,
     s->listen_fd = -1;
     if (s->cfg.max_header == 0) {
         s->cfg.max_header = HTTP_DEFAULT_MAX_HEADER;
+    }
+    if (s->cfg.tick_ms == 0) {
+        s->cfg.tick_ms = HTTP_TICK_MS;
     }
     if (s->cfg.stream_max == 0) {
         s->cfg.stream_max = HTTP_DEFAULT_STREAM_MAX;
@@ -1358,7 +1362,7 @@ int http_server_start(struct http_server *s, char *errmsg)
     s->poll_inited = 1;
     s->poll.data = s;
     uv_poll_start(&s->poll, UV_READABLE, poll_cb);
-    uv_timer_start(&s->tick, tick_cb, HTTP_TICK_MS, HTTP_TICK_MS);
+    uv_timer_start(&s->tick, tick_cb, s->cfg.tick_ms, s->cfg.tick_ms);
     s->started = 1;
     LOGI("api", "http: listening on %s:%u", s->cfg.bind.host,
          (unsigned)s->port);

@@ -39,6 +39,7 @@ struct http_server_config
     unsigned timeout_s; /* idle connection timeout; 0 = never */
     size_t max_header;  /* per-connection memory: request line + headers */
     size_t stream_max;  /* bytes buffered per stream before ERR_TOOBIG */
+    unsigned tick_ms;   /* abort/keepalive/EOF checks (default 250) */
 };
 
 /* Caller-allocated; treat every field as private. */
