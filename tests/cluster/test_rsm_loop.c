@@ -1,0 +1,312 @@
+/* Real struct rsm instances (raft_uv over TCP on 127.0.0.1) sharing one uv
+ * loop in the test process; forwarding is done in-process. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "lib/cluster.h"
+#include "lib/harness.h"
+#include "raft/rsm.h"
+
+TestSuite(rsm_loop, .timeout = 60);
+
+#define N 3
+
+static uv_loop_t loop;
+static uv_timer_t ticker;
+static struct rsm *nodes[N];
+static bool closed[N];
+static char root[512];
+static uint16_t ports[N];
+
+/* The forward hook: hand the batch to the leader's instance directly. */
+static int forward(struct rsm *r,
+                   uint64_t leader_id,
+                   const void *buf,
+                   size_t len,
+                   rsm_forward_done done,
+                   void *req,
+                   void *ud)
+{
+    (void)r;
+    (void)ud;
+    if (leader_id == 0 || leader_id > N || nodes[leader_id - 1] == NULL) {
+        return ERR_UNAVAILABLE;
+    }
+    return rsm_propose_encoded(nodes[leader_id - 1], buf, len, done, req);
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void loop_setup(void)
+{
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    uv_timer_init(&loop, &ticker);
+    uv_timer_start(&ticker, tick_cb, 5, 5);
+    th_tmpdir(root, sizeof root, "rsm");
+}
+
+static void loop_teardown(void)
+{
+    uv_close((uv_handle_t *)&ticker, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0, "leaked handles");
+    th_rmrf(root);
+}
+
+static bool run_until(bool (*cond)(void *), void *arg, unsigned timeout_ms)
+{
+    uint64_t end = th_now_ms() + timeout_ms;
+    while (th_now_ms() < end) {
+        if (cond(arg)) {
+            return true;
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    return cond(arg);
+}
+
+static struct rsm *make_node(unsigned i, unsigned n_ports)
+{
+    struct rsm_config cfg;
+    char errmsg[ERRMSG_SIZE] = "";
+    struct rsm *r;
+
+    (void)n_ports;
+    rsm_config_defaults(&cfg);
+    cfg.id = i + 1;
+    snprintf(cfg.name, sizeof cfg.name, "n%u", i + 1);
+    str_copy(cfg.raft.host, sizeof cfg.raft.host, "127.0.0.1");
+    cfg.raft.port = ports[i];
+    snprintf(cfg.dir, sizeof cfg.dir, "%s/n%u", root, i + 1);
+    cfg.election_ms = 150;
+    cfg.heartbeat_ms = 15;
+    cfg.segment_kib = 256;
+    cfg.snapshot_threshold = 64;
+    cfg.snapshot_trailing = 64;
+    cfg.forward_timeout_ms = 3000;
+    cfg.forward = forward;
+    r = rsm_create(&loop, &cfg, errmsg);
+    cr_assert_not_null(r, "%s", errmsg);
+    cr_assert_eq(rsm_start(r, errmsg), 0, "%s", errmsg);
+    return r;
+}
+
+static void closed_cb(struct rsm *r, void *data)
+{
+    (void)r;
+    closed[(uintptr_t)data] = true;
+}
+
+static bool is_closed(void *arg)
+{
+    return closed[(uintptr_t)arg];
+}
+
+static void close_node(unsigned i)
+{
+    closed[i] = false;
+    rsm_close(nodes[i], closed_cb, (void *)(uintptr_t)i);
+    nodes[i] = NULL;
+    cr_assert(run_until(is_closed, (void *)(uintptr_t)i, 5000));
+}
+
+static bool has_leader(void *arg)
+{
+    unsigned i;
+    (void)arg;
+    for (i = 0; i < N; i++) {
+        if (nodes[i] != NULL && rsm_is_leader(nodes[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int leader_index(void)
+{
+    unsigned i;
+    for (i = 0; i < N; i++) {
+        if (nodes[i] != NULL && rsm_is_leader(nodes[i])) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+struct outcome
+{
+    bool fired;
+    int rv;
+    struct rsm_result res;
+    struct rsm *on;       /* the proposer */
+    bool visible_locally; /* the pipeline was there when the cb fired */
+    char name[32];
+};
+
+static void proposed_cb(void *data, int rv, const struct rsm_result *res)
+{
+    struct outcome *o = data;
+    o->fired = true;
+    o->rv = rv;
+    if (res != NULL) {
+        o->res = *res;
+    }
+    o->visible_locally = rsm_fsm_pipeline(rsm_state(o->on), o->name) != NULL;
+}
+
+static bool fired(void *arg)
+{
+    return ((struct outcome *)arg)->fired;
+}
+
+static void propose_pipeline(struct rsm *r, const char *name, struct outcome *o)
+{
+    struct rsm_cmd cmd;
+    memset(o, 0, sizeof *o);
+    o->on = r;
+    str_copy(o->name, sizeof o->name, name);
+    cl_cmd_pipeline(&cmd, name);
+    cr_assert_eq(rsm_propose(r, &cmd, proposed_cb, o), 0);
+    cr_assert(run_until(fired, o, 5000), "proposal %s never completed", name);
+    cr_assert_eq(o->rv, 0, "proposal %s: %s", name, err_str(o->rv));
+    cr_assert_eq(o->res.code, 0, "%s", o->res.message);
+    cr_assert(o->visible_locally, "%s not applied on the proposer", name);
+}
+
+struct count_arg
+{
+    unsigned want;
+};
+
+static bool all_have(void *arg)
+{
+    struct count_arg *a = arg;
+    unsigned i;
+    for (i = 0; i < N; i++) {
+        if (nodes[i] != NULL &&
+            rsm_fsm_pipeline_count(rsm_state(nodes[i])) != a->want) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void barrier_cb(void *data, int rv)
+{
+    int *out = data;
+    *out = rv;
+}
+
+static bool barrier_done(void *arg)
+{
+    return *(int *)arg != -1;
+}
+
+Test(rsm_loop,
+     three_nodes_forward_failover_close,
+     .init = loop_setup,
+     .fini = loop_teardown)
+{
+    struct rsm_server servers[N];
+    struct outcome o;
+    struct count_arg ca;
+    int leader, follower, brv;
+    unsigned i;
+
+    th_free_ports(ports, N);
+    for (i = 0; i < N; i++) {
+        servers[i].id = i + 1;
+        snprintf(servers[i].raft, sizeof servers[i].raft, "127.0.0.1:%u",
+                 ports[i]);
+    }
+    for (i = 0; i < N; i++) {
+        nodes[i] = make_node(i, N);
+        cr_assert(!rsm_has_state(nodes[i]));
+        cr_assert_eq(rsm_bootstrap(nodes[i], servers, N), 0);
+        cr_assert(rsm_has_state(nodes[i]));
+    }
+    cr_assert(run_until(has_leader, NULL, 5000), "no leader elected");
+    leader = leader_index();
+    follower = (leader + 1) % N;
+    for (i = 0; i < N; i++) {
+        cr_assert_eq(rsm_role_of(nodes[i], i + 1), RSM_ROLE_VOTER);
+    }
+
+    /* A follower's proposal is forwarded and applied everywhere. */
+    propose_pipeline(nodes[follower], "from-follower", &o);
+    ca.want = 1;
+    cr_assert(run_until(all_have, &ca, 5000));
+    /* And a leader's. */
+    propose_pipeline(nodes[leader], "from-leader", &o);
+    ca.want = 2;
+    cr_assert(run_until(all_have, &ca, 5000));
+
+    /* Barrier from a follower. */
+    brv = -1;
+    cr_assert_eq(rsm_barrier(nodes[follower], barrier_cb, &brv), 0);
+    cr_assert(run_until(barrier_done, &brv, 5000));
+    cr_assert_eq(brv, 0);
+
+    /* Close the leader: a new one is elected and proposals continue. */
+    close_node((unsigned)leader);
+    cr_assert(run_until(has_leader, NULL, 5000), "no new leader");
+    cr_assert_neq(leader_index(), leader);
+    follower = -1;
+    for (i = 0; i < N; i++) {
+        if (nodes[i] != NULL && !rsm_is_leader(nodes[i])) {
+            follower = (int)i;
+        }
+    }
+    cr_assert_geq(follower, 0);
+    propose_pipeline(nodes[follower], "after-failover", &o);
+    ca.want = 3;
+    cr_assert(run_until(all_have, &ca, 5000));
+
+    for (i = 0; i < N; i++) {
+        if (nodes[i] != NULL) {
+            close_node(i);
+        }
+    }
+}
+
+Test(rsm_loop,
+     single_node_bootstrap_and_restart,
+     .init = loop_setup,
+     .fini = loop_teardown)
+{
+    struct rsm_server self;
+    struct outcome o;
+    int brv;
+
+    th_free_ports(ports, 1);
+    self.id = 1;
+    snprintf(self.raft, sizeof self.raft, "127.0.0.1:%u", ports[0]);
+
+    nodes[0] = make_node(0, 1);
+    cr_assert(!rsm_has_state(nodes[0]));
+    cr_assert_eq(rsm_bootstrap(nodes[0], &self, 1), 0);
+    cr_assert(run_until(has_leader, NULL, 5000));
+    propose_pipeline(nodes[0], "kept", &o);
+    cr_assert_gt(o.res.index, 0);
+    brv = -1;
+    cr_assert_eq(rsm_barrier(nodes[0], barrier_cb, &brv), 0);
+    cr_assert(run_until(barrier_done, &brv, 5000));
+    cr_assert_eq(brv, 0);
+    close_node(0);
+
+    /* Restart on the same dir: state resumes, no bootstrap needed. */
+    nodes[0] = make_node(0, 1);
+    cr_assert(rsm_has_state(nodes[0]));
+    cr_assert_eq(rsm_bootstrap(nodes[0], &self, 1), 0); /* no-op */
+    cr_assert(run_until(has_leader, NULL, 5000));
+    cr_assert_not_null(rsm_fsm_pipeline(rsm_state(nodes[0]), "kept"));
+    propose_pipeline(nodes[0], "second", &o);
+    cr_assert_eq(rsm_fsm_pipeline_count(rsm_state(nodes[0])), 2);
+    close_node(0);
+}
