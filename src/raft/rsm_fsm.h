@@ -147,6 +147,12 @@ void rsm_spec_clear(struct rsm_pipeline_spec *s);
 int rsm_spec_copy(struct rsm_pipeline_spec *dst,
                   const struct rsm_pipeline_spec *src);
 
+/* Check a command the way the decoder does (names, lengths, counts, enum
+ * ranges): proposers call it before proposing so that a bad command fails
+ * at the API instead of applying as a rejection. Returns 0 or ERR_INVALID
+ * with a reason in errmsg (ERRMSG_SIZE). */
+int rsm_cmd_validate(const struct rsm_cmd *c, char *errmsg);
+
 /* Encode one command as its msgpack envelope
  * [format_version, type, leader_time_ms, idem_key, ...fields]. */
 int rsm_cmd_pack(const struct rsm_cmd *c, msgpack_packer *pk);
