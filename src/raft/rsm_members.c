@@ -157,16 +157,18 @@ bool rsm__members_plan(const struct rsm__members *m,
         return true;
     }
 
+    /* A node dead for less than the grace still counts (gossip may flap):
+     * nothing is promoted or demoted because of a short suspicion. */
     for (i = 0; i < conf->n; i++) {
         const struct raft_server *s = &conf->servers[i];
-        if (is_alive(m, s->id, self)) {
+        if (!dead_long(m, s->id, self, now)) {
             n_alive++;
             if (s->role == RAFT_VOTER) {
                 alive_voters++;
             }
         }
     }
-    /* 5 voters with 5+ alive nodes, else 3, or all when fewer than 3. */
+    /* 5 voters with 5+ live nodes, else 3, or all when fewer than 3. */
     target = n_alive >= 5 ? 5 : (n_alive >= 3 ? 3 : n_alive);
 
     /* 2. Too few alive voters: promote an alive standby (else spare). */

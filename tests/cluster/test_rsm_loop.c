@@ -1,6 +1,7 @@
 /* Real struct rsm instances (raft_uv over TCP on 127.0.0.1) sharing one uv
  * loop in the test process; forwarding is done in-process. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,13 +14,14 @@
 TestSuite(rsm_loop, .timeout = 60);
 
 #define N 3
+#define NMAX 5
 
 static uv_loop_t loop;
 static uv_timer_t ticker;
-static struct rsm *nodes[N];
-static bool closed[N];
+static struct rsm *nodes[NMAX];
+static bool closed[NMAX];
 static char root[512];
-static uint16_t ports[N];
+static uint16_t ports[NMAX];
 
 /* The forward hook: hand the batch to the leader's instance directly. */
 static int forward(struct rsm *r,
@@ -32,7 +34,7 @@ static int forward(struct rsm *r,
 {
     (void)r;
     (void)ud;
-    if (leader_id == 0 || leader_id > N || nodes[leader_id - 1] == NULL) {
+    if (leader_id == 0 || leader_id > NMAX || nodes[leader_id - 1] == NULL) {
         return ERR_UNAVAILABLE;
     }
     return rsm_propose_encoded(nodes[leader_id - 1], buf, len, done, req);
@@ -45,6 +47,9 @@ static void tick_cb(uv_timer_t *t)
 
 static void loop_setup(void)
 {
+    /* Like main: a write to a closed peer must not kill the process
+     * (STACK pitfall 2). */
+    signal(SIGPIPE, SIG_IGN);
     cr_assert_eq(uv_loop_init(&loop), 0);
     uv_timer_init(&loop, &ticker);
     uv_timer_start(&ticker, tick_cb, 5, 5);
@@ -120,7 +125,7 @@ static bool has_leader(void *arg)
 {
     unsigned i;
     (void)arg;
-    for (i = 0; i < N; i++) {
+    for (i = 0; i < NMAX; i++) {
         if (nodes[i] != NULL && rsm_is_leader(nodes[i])) {
             return true;
         }
@@ -131,7 +136,7 @@ static bool has_leader(void *arg)
 static int leader_index(void)
 {
     unsigned i;
-    for (i = 0; i < N; i++) {
+    for (i = 0; i < NMAX; i++) {
         if (nodes[i] != NULL && rsm_is_leader(nodes[i])) {
             return (int)i;
         }
@@ -188,7 +193,7 @@ static bool all_have(void *arg)
 {
     struct count_arg *a = arg;
     unsigned i;
-    for (i = 0; i < N; i++) {
+    for (i = 0; i < NMAX; i++) {
         if (nodes[i] != NULL &&
             rsm_fsm_pipeline_count(rsm_state(nodes[i])) != a->want) {
             return false;
@@ -309,4 +314,98 @@ Test(rsm_loop,
     propose_pipeline(nodes[0], "second", &o);
     cr_assert_eq(rsm_fsm_pipeline_count(rsm_state(nodes[0])), 2);
     close_node(0);
+}
+
+struct roles_arg
+{
+    unsigned n;               /* nodes 1..n */
+    enum rsm_role want[NMAX]; /* role of node i+1 */
+};
+
+/* Every live node's configuration shows the wanted roles. */
+static bool roles_are(void *arg)
+{
+    struct roles_arg *a = arg;
+    unsigned i, j;
+    for (i = 0; i < a->n; i++) {
+        if (nodes[i] == NULL || !rsm_has_state(nodes[i])) {
+            return false;
+        }
+        for (j = 0; j < a->n; j++) {
+            if (rsm_role_of(nodes[i], j + 1) != a->want[j]) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+static void seen_all(unsigned n)
+{
+    unsigned i, j;
+    char addr[32];
+    for (i = 0; i < n; i++) {
+        for (j = 0; j < n; j++) {
+            snprintf(addr, sizeof addr, "127.0.0.1:%u", ports[j]);
+            if (nodes[i] != NULL) {
+                rsm_member_seen(nodes[i], j + 1, addr, true);
+            }
+        }
+    }
+}
+
+Test(rsm_loop,
+     joiners_become_standby_then_voters,
+     .init = loop_setup,
+     .fini = loop_teardown)
+{
+    struct rsm_server servers[N];
+    struct roles_arg ra;
+    struct outcome o;
+    struct count_arg ca;
+    unsigned i;
+
+    th_free_ports(ports, NMAX);
+    for (i = 0; i < N; i++) {
+        servers[i].id = i + 1;
+        snprintf(servers[i].raft, sizeof servers[i].raft, "127.0.0.1:%u",
+                 ports[i]);
+    }
+    for (i = 0; i < N; i++) {
+        nodes[i] = make_node(i, NMAX);
+        cr_assert_eq(rsm_bootstrap(nodes[i], servers, N), 0);
+    }
+    cr_assert(run_until(has_leader, NULL, 5000), "no leader elected");
+    propose_pipeline(nodes[leader_index()], "early", &o);
+
+    /* A 4th node joins: 4 alive nodes keep 3 voters, it becomes standby. */
+    nodes[3] = make_node(3, NMAX);
+    cr_assert(!rsm_has_state(nodes[3]));
+    cr_assert_eq(rsm_join(nodes[3]), 0);
+    seen_all(4);
+    memset(&ra, 0, sizeof ra);
+    ra.n = 4;
+    ra.want[0] = ra.want[1] = ra.want[2] = RSM_ROLE_VOTER;
+    ra.want[3] = RSM_ROLE_STANDBY;
+    cr_assert(run_until(roles_are, &ra, 8000), "node 4 not standby");
+
+    /* A 5th: 5 alive nodes, 5 voters. */
+    nodes[4] = make_node(4, NMAX);
+    cr_assert_eq(rsm_join(nodes[4]), 0);
+    seen_all(5);
+    ra.n = 5;
+    for (i = 0; i < 5; i++) {
+        ra.want[i] = RSM_ROLE_VOTER;
+    }
+    cr_assert(run_until(roles_are, &ra, 10000), "not 5 voters");
+    /* The joiners hold the replicated state and can propose. */
+    propose_pipeline(nodes[4], "from-joiner", &o);
+    ca.want = 2;
+    cr_assert(run_until(all_have, &ca, 5000));
+
+    for (i = 0; i < NMAX; i++) {
+        if (nodes[i] != NULL) {
+            close_node(i);
+        }
+    }
 }
