@@ -597,6 +597,9 @@ static void forward_done_cb(void *req,
     }
     g->wait_index = max_index;
     g->state = GS_WAITING; /* completed from the check handle */
+    /* A node cut off after the leader answered never catches up: give up
+     * (outcome known to the leader, unknown here; retry is idempotent). */
+    g->deadline = time_mono_ms() + r->cfg.forward_timeout_ms;
 }
 
 static void group_forward(struct group *g)
@@ -837,7 +840,7 @@ static void poll_role(struct rsm *r)
 static void service_groups(struct rsm *r)
 {
     uint64_t now = time_mono_ms();
-    uint64_t applied = raft_last_applied(&r->raft);
+    uint64_t applied = rsm_last_applied(r);
     bool pending = false;
     struct group *g = r->groups.next;
 
@@ -847,6 +850,13 @@ static void service_groups(struct rsm *r)
             case GS_WAITING:
                 if (applied >= g->wait_index) {
                     group_complete(g);
+                } else if (now >= g->deadline) {
+                    LOGW(MOD,
+                         "index %" PRIu64
+                         " not applied locally within "
+                         "%u ms",
+                         g->wait_index, r->cfg.forward_timeout_ms);
+                    group_fail(g, ERR_UNAVAILABLE);
                 }
                 break;
             case GS_FWD_PENDING:
@@ -885,10 +895,12 @@ static void service_groups(struct rsm *r)
 static void check_cb(uv_check_t *h)
 {
     struct rsm *r = h->data;
-    if (!r->raft_started || r->closing) {
+    if (r->closing) {
         return;
     }
-    poll_role(r);
+    if (r->raft_started) {
+        poll_role(r);
+    }
     service_groups(r);
 }
 
@@ -1306,7 +1318,10 @@ int rsm_barrier(struct rsm *r, rsm_barrier_cb cb, void *data)
 
 bool rsm_is_leader(const struct rsm *r)
 {
-    return r->ready && is_leader_now(r);
+    /* Same term as the applied barrier: a leader that stepped down and won
+     * again before the next poll is not ready yet. */
+    return r->ready && is_leader_now(r) &&
+           r->raft.current_term == r->leader_term;
 }
 
 uint64_t rsm_leader_id(const struct rsm *r)

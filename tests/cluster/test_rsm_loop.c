@@ -22,6 +22,7 @@ static struct rsm *nodes[NMAX];
 static bool closed[NMAX];
 static char root[512];
 static uint16_t ports[NMAX];
+static unsigned fwd_timeout_ms = 3000;
 
 /* The forward hook: hand the batch to the leader's instance directly. */
 static int forward(struct rsm *r,
@@ -94,7 +95,7 @@ static struct rsm *make_node(unsigned i, unsigned n_ports)
     cfg.segment_kib = 256;
     cfg.snapshot_threshold = 64;
     cfg.snapshot_trailing = 64;
-    cfg.forward_timeout_ms = 3000;
+    cfg.forward_timeout_ms = fwd_timeout_ms;
     cfg.forward = forward;
     r = rsm_create(&loop, &cfg, errmsg);
     cr_assert_not_null(r, "%s", errmsg);
@@ -293,6 +294,12 @@ Test(rsm_loop,
     self.id = 1;
     snprintf(self.raft, sizeof self.raft, "127.0.0.1:%u", ports[0]);
 
+    /* Started but never bootstrapped: closes cleanly, leaves no state. */
+    nodes[0] = make_node(0, 1);
+    cr_assert(!rsm_has_state(nodes[0]));
+    cr_assert_eq(rsm_last_applied(nodes[0]), 0);
+    close_node(0);
+
     nodes[0] = make_node(0, 1);
     cr_assert(!rsm_has_state(nodes[0]));
     cr_assert_eq(rsm_bootstrap(nodes[0], &self, 1), 0);
@@ -408,4 +415,48 @@ Test(rsm_loop,
             close_node(i);
         }
     }
+}
+
+Test(rsm_loop,
+     no_quorum_unavailable_then_shutdown,
+     .init = loop_setup,
+     .fini = loop_teardown)
+{
+    struct rsm_server servers[N];
+    struct outcome o, o2;
+    struct rsm_cmd cmd;
+    unsigned i;
+    uint64_t t0;
+
+    th_free_ports(ports, N);
+    for (i = 0; i < N; i++) {
+        servers[i].id = i + 1;
+        snprintf(servers[i].raft, sizeof servers[i].raft, "127.0.0.1:%u",
+                 ports[i]);
+    }
+    /* Only node 1 of a 3-voter cluster runs: no leader can be elected. */
+    fwd_timeout_ms = 300;
+    nodes[0] = make_node(0, N);
+    fwd_timeout_ms = 3000;
+    cr_assert_eq(rsm_bootstrap(nodes[0], servers, N), 0);
+
+    memset(&o, 0, sizeof o);
+    o.on = nodes[0];
+    str_copy(o.name, sizeof o.name, "nobody");
+    cl_cmd_pipeline(&cmd, "nobody");
+    t0 = th_now_ms();
+    cr_assert_eq(rsm_propose(nodes[0], &cmd, proposed_cb, &o), 0);
+    cr_assert(run_until(fired, &o, 5000));
+    cr_assert_eq(o.rv, ERR_UNAVAILABLE, "%s", err_str(o.rv));
+    cr_assert_geq(th_now_ms() - t0, 250);
+
+    /* Pending work fails with ERR_SHUTDOWN on close. */
+    memset(&o2, 0, sizeof o2);
+    o2.on = nodes[0];
+    cl_cmd_pipeline(&cmd, "closing");
+    cr_assert_eq(rsm_propose(nodes[0], &cmd, proposed_cb, &o2), 0);
+    uv_run(&loop, UV_RUN_NOWAIT); /* flushed into a pending forward */
+    close_node(0);
+    cr_assert(o2.fired);
+    cr_assert_eq(o2.rv, ERR_SHUTDOWN);
 }
