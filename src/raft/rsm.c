@@ -740,6 +740,62 @@ static void fail_queue(struct rsm *r, int rv)
     r->q_len = 0;
 }
 
+/* Move the second half of g's commands into a new group. */
+static struct group *group_split(struct group *g)
+{
+    unsigned keep = g->n / 2;
+    unsigned move = g->n - keep;
+    struct group *g2 = group_new(g->r, GROUP_LOCAL, move);
+    if (g2 == NULL) {
+        return NULL;
+    }
+    g2->cmds = calloc(move, sizeof *g2->cmds);
+    if (g2->cmds == NULL) {
+        group_free(g2);
+        return NULL;
+    }
+    memcpy(g2->cmds, g->cmds + keep, move * sizeof *g2->cmds);
+    memcpy(g2->who, g->who + keep, move * sizeof *g2->who);
+    g2->deadline = g->deadline;
+    g->n = keep; /* the moved commands now belong to g2 */
+    return g2;
+}
+
+/* Keep every entry (and forward) under RSM__MAX_ENTRY (RISKS row 9):
+ * encode once (this is also the forwarding buffer), halve while too big;
+ * a single command that is too big fails with ERR_TOOBIG. The margin
+ * covers the leader's time stamp, re-encoded per command. */
+static void start_sized(struct group *g)
+{
+    size_t limit = RSM__MAX_ENTRY - 16 * RSM__MAX_BATCH;
+    struct group *g2;
+    int rv;
+
+    rv = rsm_entry_encode(g->cmds, g->n, 0, &g->fwd_buf, &g->fwd_len);
+    if (rv != 0) {
+        g->fwd_buf = NULL;
+        group_fail(g, rv);
+        return;
+    }
+    if (g->fwd_len <= limit) {
+        group_start(g);
+        return;
+    }
+    raft_free(g->fwd_buf);
+    g->fwd_buf = NULL;
+    if (g->n == 1) {
+        group_fail(g, ERR_TOOBIG);
+        return;
+    }
+    g2 = group_split(g);
+    if (g2 == NULL) {
+        group_fail(g, ERR_NOMEM);
+        return;
+    }
+    start_sized(g);
+    start_sized(g2);
+}
+
 /* uv_prepare: once per loop iteration, flush the queue. */
 static void prepare_cb(uv_prepare_t *h)
 {
@@ -751,7 +807,7 @@ static void prepare_cb(uv_prepare_t *h)
             fail_queue(r, ERR_NOMEM);
             return;
         }
-        group_start(g);
+        start_sized(g);
     }
 }
 

@@ -460,3 +460,73 @@ Test(rsm_loop,
     cr_assert(o2.fired);
     cr_assert_eq(o2.rv, ERR_SHUTDOWN);
 }
+
+struct many
+{
+    unsigned done, ok;
+    uint64_t min_index, max_index;
+};
+
+static void many_cb(void *data, int rv, const struct rsm_result *res)
+{
+    struct many *m = data;
+    m->done++;
+    if (rv == 0 && res != NULL && res->code == 0) {
+        m->ok++;
+        if (m->min_index == 0 || res->index < m->min_index) {
+            m->min_index = res->index;
+        }
+        if (res->index > m->max_index) {
+            m->max_index = res->index;
+        }
+    }
+}
+
+static bool many_done(void *arg)
+{
+    return ((struct many *)arg)->done == 40;
+}
+
+Test(rsm_loop,
+     oversized_batch_is_split,
+     .init = loop_setup,
+     .fini = loop_teardown)
+{
+    struct rsm_server self;
+    struct many m = {0, 0, 0, 0};
+    char name[32];
+    unsigned i, k;
+
+    th_free_ports(ports, 1);
+    self.id = 1;
+    snprintf(self.raft, sizeof self.raft, "127.0.0.1:%u", ports[0]);
+    nodes[0] = make_node(0, 1);
+    cr_assert_eq(rsm_bootstrap(nodes[0], &self, 1), 0);
+    cr_assert(run_until(has_leader, NULL, 5000));
+    /* 40 commands of ~32 KiB proposed in one loop iteration: more than
+     * one 1 MiB entry, so the batch must be split, and all apply. */
+    for (i = 0; i < 40; i++) {
+        struct rsm_cmd cmd;
+        struct rsm_strv *v;
+        snprintf(name, sizeof name, "big-%u", i);
+        cl_cmd_pipeline(&cmd, name);
+        v = &cmd.u.pipeline_create.command;
+        free(v->v[0]);
+        free(v->v);
+        v->v = calloc(9, sizeof(char *));
+        cr_assert_not_null(v->v);
+        for (k = 0; k < 8; k++) {
+            v->v[k] = malloc(4001);
+            cr_assert_not_null(v->v[k]);
+            memset(v->v[k], 'a' + (char)k, 4000);
+            v->v[k][4000] = '\0';
+        }
+        v->n = 8;
+        cr_assert_eq(rsm_propose(nodes[0], &cmd, many_cb, &m), 0);
+    }
+    cr_assert(run_until(many_done, &m, 10000));
+    cr_assert_eq(m.ok, 40);
+    cr_assert_gt(m.max_index, m.min_index, "batch was not split");
+    cr_assert_eq(rsm_fsm_pipeline_count(rsm_state(nodes[0])), 40);
+    close_node(0);
+}
