@@ -530,3 +530,47 @@ Test(rsm_loop,
     cr_assert_eq(rsm_fsm_pipeline_count(rsm_state(nodes[0])), 40);
     close_node(0);
 }
+
+Test(rsm_loop,
+     leader_losing_quorum_fails_pending_apply_unavailable,
+     .init = loop_setup,
+     .fini = loop_teardown)
+{
+    struct rsm_server servers[N];
+    struct outcome o;
+    struct rsm_cmd cmd;
+    int leader;
+    unsigned i;
+
+    th_free_ports(ports, N);
+    for (i = 0; i < N; i++) {
+        servers[i].id = i + 1;
+        snprintf(servers[i].raft, sizeof servers[i].raft, "127.0.0.1:%u",
+                 ports[i]);
+    }
+    fwd_timeout_ms = 400;
+    for (i = 0; i < N; i++) {
+        nodes[i] = make_node(i, N);
+        cr_assert_eq(rsm_bootstrap(nodes[i], servers, N), 0);
+    }
+    fwd_timeout_ms = 3000;
+    cr_assert(run_until(has_leader, NULL, 5000));
+    leader = leader_index();
+    /* Both followers go away: the leader's apply cannot commit; it steps
+     * down (LEADERSHIPLOST), rsm retries through a new leader, none
+     * appears, the proposer gets ERR_UNAVAILABLE. */
+    for (i = 0; i < N; i++) {
+        if ((int)i != leader) {
+            close_node(i);
+        }
+    }
+    memset(&o, 0, sizeof o);
+    o.on = nodes[leader];
+    str_copy(o.name, sizeof o.name, "orphan");
+    cl_cmd_pipeline(&cmd, "orphan");
+    cr_assert_eq(rsm_propose(nodes[leader], &cmd, proposed_cb, &o), 0);
+    cr_assert(run_until(fired, &o, 5000));
+    cr_assert_eq(o.rv, ERR_UNAVAILABLE, "%s", err_str(o.rv));
+    cr_assert_not(rsm_is_leader(nodes[leader]));
+    close_node((unsigned)leader);
+}
