@@ -127,7 +127,15 @@ struct rsm
     bool closing, raft_closed;
     rsm_close_cb close_cb;
     void *close_data;
+
+    /* raft_io close guard (RISKS row 15), see io_close_wrap. */
+    void (*io_close_orig)(struct raft_io *io, raft_io_close_cb cb);
+    raft_io_close_cb io_close_raft_cb; /* libraft's own ioCloseCb */
+    bool io_fired;
+    uint64_t io_last_fire; /* monotonic ms of the last (stray) fire */
 };
+
+static void io_close_wrap(struct raft_io *io, raft_io_close_cb cb);
 
 /* ---------------------------------------------------------------------- */
 /* FSM adapter (shared with tests/lib/cluster.c)                          */
@@ -1157,6 +1165,9 @@ int rsm_start(struct rsm *r, char *errmsg)
     }
     r->raft.data = r;
     r->raft_inited = true;
+    /* raft_init set io->data = &r->raft; interpose on close (row 15). */
+    r->io_close_orig = r->io.close;
+    r->io.close = io_close_wrap;
     raft_set_election_timeout(&r->raft, r->cfg.election_ms);
     raft_set_heartbeat_timeout(&r->raft, r->cfg.heartbeat_ms);
     raft_set_pre_vote(&r->raft, true);
@@ -1492,7 +1503,57 @@ static void close_handles(struct rsm *r)
     uv_close((uv_handle_t *)&r->members_timer, handle_closed_cb);
 }
 
-/* Idempotent: 0.15 may run the close callback twice (RISKS row 15). */
+/* RISKS row 15 (#341): raft_uv 0.15 fires its close callback from
+ * uvMaybeFireCloseCb every time its "nothing pending" test passes, and
+ * segment writers, prepared segments and TCP connections that are still
+ * closing call it again afterwards. Each extra fire would run libraft's
+ * ioCloseCb again (double free of raft->address) and, once raft_uv_close
+ * freed the uv struct, read freed memory (seen as a SEGV after closing
+ * right after a burst of writes). So rsm interposes on io->close: the
+ * first fire is passed to libraft, later ones only update io_last_fire,
+ * and the uv structs are freed only after no fire came for SETTLE_MS. */
+#define SETTLE_MS 50
+
+static void io_fired_cb(struct raft_io *io)
+{
+    struct raft *raft = io->data;
+    struct rsm *r = raft->data;
+
+    r->io_last_fire = time_mono_ms();
+    if (r->io_fired) {
+        LOGD(MOD, "raft_uv close callback fired again: ignored");
+        return;
+    }
+    r->io_fired = true;
+    r->io_close_raft_cb(io);
+}
+
+static void io_close_wrap(struct raft_io *io, raft_io_close_cb cb)
+{
+    struct raft *raft = io->data;
+    struct rsm *r = raft->data;
+    r->io_close_raft_cb = cb;
+    r->io_close_orig(io, io_fired_cb);
+}
+
+static void finish_close(struct rsm *r)
+{
+    raft_uv_close(&r->io);
+    raft_uv_tcp_close(&r->transport);
+    close_handles(r);
+}
+
+static void settle_cb(uv_timer_t *h)
+{
+    struct rsm *r = h->data;
+    if (time_mono_ms() - r->io_last_fire < SETTLE_MS) {
+        return;
+    }
+    uv_timer_stop(h);
+    finish_close(r);
+}
+
+/* Idempotent (RISKS row 15). */
 static void raft_closed_cb(struct raft *raft)
 {
     struct rsm *r = raft->data;
@@ -1507,9 +1568,7 @@ static void raft_closed_cb(struct raft *raft)
     while ((g = r->groups.next) != &r->groups) {
         group_fail(g, ERR_SHUTDOWN);
     }
-    raft_uv_close(&r->io);
-    raft_uv_tcp_close(&r->transport);
-    close_handles(r);
+    uv_timer_start(&r->retry_timer, settle_cb, 10, 10);
 }
 
 void rsm_close(struct rsm *r, rsm_close_cb cb, void *data)
