@@ -617,6 +617,9 @@ int rsm_fsm_apply(struct rsm_fsm *f,
             goto out;
         }
     }
+    if (entry_time > f->clock) {
+        f->clock = entry_time;
+    }
     for (unsigned i = 0; i < count; i++) {
         struct rsm_result *res = i < max ? &results[i] : &scratch;
         struct rsm_cmd c;

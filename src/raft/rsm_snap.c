@@ -8,8 +8,8 @@
 #include "raft/rsm_int.h"
 #include "util.h"
 
-#define SNAP_FIELDS 6 /* version, clock, last_index, members, pipelines, idem \
-                       */
+/* version, clock, last_index, members, pipelines, idem */
+#define SNAP_FIELDS 6
 #define PIPELINE_FIELDS 5 /* spec, version, created, updated, fire_cursor */
 #define IDEM_FIELDS 7     /* key, type, time, code, message, value, index */
 
