@@ -14,6 +14,9 @@
 #define SUSP_FROM_MAX 8         /* remembered suspicion confirmers */
 #define GOSSIP_TO_DEAD_MS 30000 /* keep gossiping to the recently dead */
 #define PRIM_MAX 4              /* primary messages in one packet */
+#define BUDDY_PING_MS 200       /* re-ping period of a member we suspect */
+#define LOSS_GAIN 10            /* suspicion stretch per unit of loss rate */
+#define UNKNOWN_PP_MS 1000      /* min gap of push-pulls with unknown senders */
 
 struct node
 {
@@ -26,6 +29,7 @@ struct node
     unsigned susp_k, susp_n;
     uint64_t susp_from[SUSP_FROM_MAX];
     unsigned n_from;
+    uint64_t susp_ping; /* next buddy ping while we suspect it */
 };
 
 struct bcast
@@ -67,7 +71,10 @@ struct gossip__state
 
     uint64_t next_probe, next_gossip, next_pushpull;
     uint32_t seq;
-    unsigned health; /* Lifeguard local health multiplier - 1 */
+    unsigned health;  /* Lifeguard local health multiplier - 1 */
+    unsigned loss_pm; /* EWMA, per mille, of probes of live members whose
+                       * direct ping went unanswered (network loss) */
+    uint64_t last_unknown_pp; /* last push-pull with an unknown sender */
 
     struct relay relays[RELAY_MAX];
     unsigned n_relays;
@@ -146,8 +153,8 @@ static unsigned retransmit_limit(const struct gossip__state *st)
 {
     double n = (double)est_n(st);
     unsigned l = (unsigned)ceil(log10(n + 1.0));
-    if (l < 1) {
-        l = 1;
+    if (l < 2) {
+        l = 2; /* small clusters: a lost packet costs a lot */
     }
     return st->p.retransmit_mult * l;
 }
@@ -646,7 +653,18 @@ static void suspect_node(struct gossip__state *st,
     if (n > 10) {
         mn *= log10((double)n);
     }
+    /* Loss awareness: when this node sees its direct probes of live
+     * members go unanswered, the network is lossy; stretch the timer so
+     * that refutations have time to get through (docs/gossip.md). */
+    {
+        double sc = 1.0 + (double)st->loss_pm * LOSS_GAIN / 1000.0;
+        if (sc > (double)st->p.awareness_max) {
+            sc = (double)st->p.awareness_max;
+        }
+        mn *= sc;
+    }
     nd->susp_min = (uint64_t)mn;
+    nd->susp_ping = now + BUDDY_PING_MS;
     nd->susp_max = nd->susp_min * st->p.suspicion_max_mult;
     nd->susp_n = 0;
     nd->n_from = 0;
@@ -840,6 +858,8 @@ static void finish_probe(struct gossip__state *st, uint64_t now)
     struct node *nd;
     st->probing = false;
     if (st->acked) {
+        unsigned sample = st->indirect ? 1000 : 0;
+        st->loss_pm = (st->loss_pm * 15 + sample) / 16;
         health_delta(st, -1);
         return;
     }
@@ -981,7 +1001,16 @@ void gossip__state_recv(struct gossip__state *st,
     /* Membership news first, so that a reply carries what it taught us
      * (for example a refutation triggered by a piggybacked suspicion). */
     for (unsigned i = 0; i < n; i++) {
-        handle_member_msg(st, now_ms, &st->scratch[i]);
+        const struct gossip__msg *m = &st->scratch[i];
+        /* A LOAD summary is only ever attached by its sender: an unknown
+         * one means the sender knows us and we miss it. Anti-entropy with
+         * it closes the gap at once instead of at the next push-pull. */
+        if (m->type == GOSSIP__LOAD && find_idx(st, m->id) < 0 &&
+            now_ms >= st->last_unknown_pp + UNKNOWN_PP_MS && !st->left) {
+            st->last_unknown_pp = now_ms;
+            gossip__state_request_pushpull(st, from);
+        }
+        handle_member_msg(st, now_ms, m);
     }
     for (unsigned i = 0; i < n; i++) {
         handle_primary(st, now_ms, from, &st->scratch[i]);
@@ -1042,9 +1071,24 @@ void gossip__state_tick(struct gossip__state *st, uint64_t now)
         i++;
     }
 
-    /* Suspicion timers. */
+    /* Suspicion timers; meanwhile keep pinging the suspect with the
+     * suspicion attached, so that it learns of it and its ack (carrying
+     * its LOAD summary) brings the refutation back. */
     for (unsigned i = 1; i < st->n; i++) {
         struct node *nd = st->nodes[i];
+        if (nd->susp && nd->m.state == GOSSIP_SUSPECT && !st->left &&
+            now >= nd->susp_ping) {
+            struct gossip__msg two[2];
+            memset(&two[0], 0, sizeof two[0]);
+            two[0].type = GOSSIP__PING;
+            two[0].seq = ++st->seq;
+            two[0].id = nd->m.id;
+            two[0].from = self_node(st)->m.id;
+            state_msg(GOSSIP__SUSPECT, nd->m.id, nd->m.incarnation,
+                      self_node(st)->m.id, &two[1]);
+            send_packet(st, &nd->ga, two, 2, true);
+            nd->susp_ping = now + BUDDY_PING_MS;
+        }
         if (nd->susp && nd->m.state == GOSSIP_SUSPECT &&
             now - nd->susp_start >= susp_timeout(nd)) {
             dead_node(st, now, nd->m.id, nd->m.incarnation, self_node(st)->m.id,
