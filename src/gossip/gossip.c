@@ -46,7 +46,7 @@ void gossip_config_defaults(struct gossip_config *c)
     c->probe_interval_ms = 500;
     c->probe_timeout_ms = 200;
     c->indirect_checks = 3;
-    c->suspicion_min_mult = 2;
+    c->suspicion_min_ms = 750;
     c->suspicion_max_mult = 3;
     c->suspicion_confirm = 2;
     c->retransmit_mult = 4;
@@ -102,7 +102,7 @@ static int validate(const struct gossip_config *c,
     if (c->probe_interval_ms == 0 || c->probe_timeout_ms == 0 ||
         c->probe_timeout_ms >= c->probe_interval_ms ||
         c->gossip_interval_ms == 0 || c->pushpull_interval_ms == 0 ||
-        c->suspicion_min_mult == 0 || c->suspicion_max_mult == 0 ||
+        c->suspicion_min_ms == 0 || c->suspicion_max_mult == 0 ||
         c->retransmit_mult == 0 || c->awareness_max == 0 ||
         c->n_tags > GOSSIP_MAX_TAGS) {
         errmsg_printf(errmsg, "gossip: bad timing parameters");
@@ -199,6 +199,16 @@ int gossip_init(struct gossip *g,
 static void fire_changes(struct gossip *g)
 {
     struct gossip__change c;
+    struct gossip__counters k;
+    gossip__state_counters(g->st, &k);
+    if (k.name_conflicts != g->conflicts_logged) {
+        g->conflicts_logged = k.name_conflicts;
+        LOGW("gossip",
+             "name conflict: '%s' claimed by id %016llx but held by "
+             "%016llx; ignored (docs/gossip.md)",
+             k.conflict_name, (unsigned long long)k.conflict_id,
+             (unsigned long long)k.conflict_holder);
+    }
     while (gossip__state_pop_change(g->st, &c)) {
         const struct gossip_member *m = gossip__state_find_id(g->st, c.id);
         if (m == NULL) {

@@ -75,8 +75,8 @@ struct gossip_config
     unsigned probe_interval_ms;    /* SWIM protocol period; 500 */
     unsigned probe_timeout_ms;     /* direct ack wait; 200 */
     unsigned indirect_checks;      /* relays asked on a failed probe; 3 */
-    unsigned suspicion_min_mult;   /* min suspicion, in probe intervals
-                                    * (x max(1, log10 N)); 2 */
+    unsigned suspicion_min_ms;     /* min suspicion at N <= 10 (x log10 N
+                                    * above); 1000 */
     unsigned suspicion_max_mult;   /* max suspicion = this x min; 3 */
     unsigned suspicion_confirm;    /* confirmations to reach min; 2 */
     unsigned retransmit_mult;      /* broadcast sends x ceil(log10(N+1)); 4 */
@@ -148,6 +148,7 @@ struct gossip
     unsigned drop_pct; /* drop filter for received UDP */
     struct prng drop_prng;
     struct gossip_stats glue_stats;
+    uint64_t conflicts_logged;
     char rbuf[2048];
 };
 

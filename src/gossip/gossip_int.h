@@ -107,7 +107,7 @@ struct gossip__params
     unsigned probe_interval_ms;
     unsigned probe_timeout_ms;
     unsigned indirect_checks;
-    unsigned suspicion_min_mult;
+    unsigned suspicion_min_ms;
     unsigned suspicion_max_mult;
     unsigned suspicion_confirm;
     unsigned retransmit_mult;
@@ -148,6 +148,10 @@ struct gossip__counters
     uint64_t dropped_malformed, dropped_version, dropped_out;
     uint64_t name_conflicts, table_full;
     uint64_t probes, probes_failed, suspicions, refutations;
+    /* The latest name conflict, for the glue to log (the core does no
+     * I/O): the name, the refused id and the holder's id. */
+    char conflict_name[GOSSIP_NAME_MAX + 1];
+    uint64_t conflict_id, conflict_holder;
 };
 
 /* Create a core for the local member self (state alive; self->incarnation

@@ -6,7 +6,6 @@
 
 #include "err.h"
 #include "gossip/gossip_int.h"
-#include "log.h"
 
 #define OUT_MAX 64              /* queued outgoing packets */
 #define CHANGE_MAX 4096         /* queued change notifications */
@@ -15,6 +14,9 @@
 #define GOSSIP_TO_DEAD_MS 30000 /* keep gossiping to the recently dead */
 #define PRIM_MAX 4              /* primary messages in one packet */
 #define BUDDY_PING_MS 200       /* re-ping period of a member we suspect */
+#define SELF_BOOST 2            /* retransmit factor for news about ourselves */
+#define RECENT_MS 2000          /* spent news still piggybacked on pings/acks */
+#define SPENT_PER_PACKET 2      /* at most this many of them per packet */
 #define LOSS_GAIN 10            /* suspicion stretch per unit of loss rate */
 #define UNKNOWN_PP_MS 1000      /* min gap of push-pulls with unknown senders */
 
@@ -38,6 +40,9 @@ struct bcast
     int cls;          /* CLS_MEMBER or CLS_LOAD */
     uint64_t seq;     /* insertion order: newer first on ties */
     unsigned transmits;
+    bool spent; /* sent retransmit-limit times: only piggybacked on
+                 * pings/acks now, until spent_at + RECENT_MS */
+    uint64_t spent_at;
     size_t len;
     uint8_t *buf;
 };
@@ -55,6 +60,7 @@ struct relay
 struct gossip__state
 {
     struct gossip__params p;
+    uint64_t now; /* time of the event being handled */
     struct prng rng;
     struct node **nodes; /* nodes[0] is self */
     unsigned n, cap;
@@ -214,10 +220,6 @@ static void bcast_free(struct bcast *b)
 static void bq_remove(struct gossip__state *st, unsigned i)
 {
     struct bcast *b = st->bq[i];
-    if (st->leave_pending && b->subject == self_node(st)->m.id &&
-        b->cls == CLS_MEMBER && st->left) {
-        st->leave_pending = false;
-    }
     bcast_free(b);
     st->bq[i] = st->bq[st->n_bq - 1];
     st->n_bq--;
@@ -274,6 +276,8 @@ static void queue_bcast(struct gossip__state *st,
     b->cls = cls;
     b->seq = ++st->bseq;
     b->transmits = 0;
+    b->spent = false;
+    b->spent_at = 0;
     st->bq[st->n_bq++] = b;
 }
 
@@ -281,7 +285,10 @@ static int bcast_cmp(const void *a, const void *b)
 {
     const struct bcast *x = *(const struct bcast *const *)a;
     const struct bcast *y = *(const struct bcast *const *)b;
-    if (x->transmits != y->transmits) {
+    if (x->spent != y->spent) {
+        return x->spent ? 1 : -1;
+    }
+    if (!x->spent && x->transmits != y->transmits) {
         return x->transmits < y->transmits ? -1 : 1;
     }
     return x->seq > y->seq ? -1 : (x->seq < y->seq ? 1 : 0);
@@ -314,7 +321,7 @@ static bool send_packet(struct gossip__state *st,
     const uint8_t *chunks[GOSSIP__MAX_MSGS];
     size_t lens[GOSSIP__MAX_MSGS];
     struct bcast *taken[GOSSIP__MAX_MSGS];
-    unsigned n = 0, ntaken = 0, limit;
+    unsigned n = 0, ntaken = 0, nspent = 0, limit;
     size_t budget = GOSSIP__MAX_UDP - 8;
     struct gossip__out *o;
 
@@ -342,6 +349,10 @@ static bool send_packet(struct gossip__state *st,
         qsort(st->bq, st->n_bq, sizeof st->bq[0], bcast_cmp);
         for (unsigned i = 0; i < st->n_bq && n < GOSSIP__MAX_MSGS; i++) {
             struct bcast *b = st->bq[i];
+            if (b->spent && (nprim == 0 || nspent == SPENT_PER_PACKET)) {
+                break; /* gossip rounds carry fresh news only */
+            }
+            nspent += b->spent;
             if (b->len > budget) {
                 continue;
             }
@@ -370,14 +381,23 @@ static bool send_packet(struct gossip__state *st,
     }
     limit = retransmit_limit(st);
     for (unsigned i = 0; i < ntaken; i++) {
-        taken[i]->transmits++;
-    }
-    for (unsigned i = 0; i < st->n_bq;) {
-        if (st->bq[i]->transmits >= limit) {
-            bq_remove(st, i);
-            continue;
+        struct bcast *b = taken[i];
+        /* Our own news (load, meta, refutation, leave) has no other
+         * source yet: send it more often to cut the epidemic's tail. */
+        unsigned lim =
+            b->subject == self_node(st)->m.id ? limit * SELF_BOOST : limit;
+        b->transmits++;
+        if (!b->spent && b->transmits >= lim) {
+            /* Push phase over. Keep riding on pings and acks for a while:
+             * a member the epidemic missed is pinged by, or acks to, one
+             * that has the news within about a probe interval. */
+            b->spent = true;
+            b->spent_at = st->now;
+            if (st->left && b->subject == self_node(st)->m.id &&
+                b->cls == CLS_MEMBER) {
+                st->leave_pending = false;
+            }
         }
-        i++;
     }
     return true;
 }
@@ -477,11 +497,10 @@ static struct node *add_node(struct gossip__state *st,
          * left holder is replaced (a wiped node coming back). */
         if (j == 0 || is_live(holder->m.state)) {
             st->c.name_conflicts++;
-            LOGW("gossip",
-                 "name conflict: '%s' claimed by id %llx, held by %llx; "
-                 "ignored",
-                 rec->name, (unsigned long long)rec->id,
-                 (unsigned long long)holder->m.id);
+            str_copy(st->c.conflict_name, sizeof st->c.conflict_name,
+                     rec->name);
+            st->c.conflict_id = rec->id;
+            st->c.conflict_holder = holder->m.id;
             return NULL;
         }
         remove_node(st, (unsigned)j);
@@ -649,7 +668,7 @@ static void suspect_node(struct gossip__state *st,
     if (n < 2 || n - 2 < nd->susp_k) {
         nd->susp_k = 0;
     }
-    mn = (double)st->p.suspicion_min_mult * (double)st->p.probe_interval_ms;
+    mn = (double)st->p.suspicion_min_ms;
     if (n > 10) {
         mn *= log10((double)n);
     }
@@ -990,6 +1009,7 @@ void gossip__state_recv(struct gossip__state *st,
 {
     unsigned n;
     int rv = gossip__packet_decode(buf, len, st->scratch, GOSSIP__MAX_MSGS, &n);
+    st->now = now_ms;
     if (rv == ERR_VERSION) {
         st->c.dropped_version++;
         return;
@@ -1020,6 +1040,16 @@ void gossip__state_recv(struct gossip__state *st,
 /* ------------------------------------------------------------------ */
 /* Ticks. */
 
+static bool has_fresh(const struct gossip__state *st)
+{
+    for (unsigned i = 0; i < st->n_bq; i++) {
+        if (!st->bq[i]->spent) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void gossip_round(struct gossip__state *st, uint64_t now)
 {
     struct node *cand[GOSSIP_MAX_MEMBERS];
@@ -1032,7 +1062,7 @@ static void gossip_round(struct gossip__state *st, uint64_t now)
             cand[nc++] = nd;
         }
     }
-    for (unsigned k = 0; k < st->p.gossip_nodes && nc > 0 && st->n_bq > 0;
+    for (unsigned k = 0; k < st->p.gossip_nodes && nc > 0 && has_fresh(st);
          k++) {
         unsigned j = (unsigned)prng_below(&st->rng, nc);
         send_packet(st, &cand[j]->ga, NULL, 0, false);
@@ -1056,6 +1086,14 @@ static void pushpull_round(struct gossip__state *st)
 
 void gossip__state_tick(struct gossip__state *st, uint64_t now)
 {
+    st->now = now;
+    for (unsigned i = 0; i < st->n_bq;) {
+        if (st->bq[i]->spent && now - st->bq[i]->spent_at >= RECENT_MS) {
+            bq_remove(st, i);
+            continue;
+        }
+        i++;
+    }
     /* Relays whose target stayed silent answer with a nack. */
     for (unsigned i = 0; i < st->n_relays;) {
         if (now >= st->relays[i].deadline) {
@@ -1152,7 +1190,7 @@ void gossip__state_set_load(struct gossip__state *st,
                             const struct gossip_load *load)
 {
     struct gossip_member *s = &self_node(st)->m;
-    (void)now_ms;
+    st->now = now_ms;
     if (memcmp(&s->load, load, sizeof *load) == 0) {
         return;
     }
@@ -1166,6 +1204,7 @@ void gossip__state_set_meta(struct gossip__state *st,
 {
     struct gossip_member *s = &self_node(st)->m;
     struct gossip__msg m;
+    st->now = now_ms;
     if (s->meta == meta) {
         return;
     }
@@ -1181,6 +1220,7 @@ void gossip__state_leave(struct gossip__state *st, uint64_t now_ms)
 {
     struct node *s = self_node(st);
     struct gossip__msg m;
+    st->now = now_ms;
     if (st->left) {
         return;
     }
@@ -1279,6 +1319,7 @@ int gossip__state_pushpull_merge(struct gossip__state *st,
                                  bool *join)
 {
     struct merge_ctx c = {st, now_ms};
+    st->now = now_ms;
     int rv = gossip__pushpull_decode(buf, len, join, merge_cb, &c);
     if (rv == ERR_VERSION) {
         st->c.dropped_version++;
@@ -1297,7 +1338,7 @@ void gossip__params_from_config(struct gossip__params *p,
     p->probe_interval_ms = c->probe_interval_ms;
     p->probe_timeout_ms = c->probe_timeout_ms;
     p->indirect_checks = c->indirect_checks;
-    p->suspicion_min_mult = c->suspicion_min_mult;
+    p->suspicion_min_ms = c->suspicion_min_ms;
     p->suspicion_max_mult = c->suspicion_max_mult;
     p->suspicion_confirm = c->suspicion_confirm;
     p->retransmit_mult = c->retransmit_mult;
@@ -1328,6 +1369,7 @@ struct gossip__state *gossip__state_new(const struct gossip__params *p,
         st->p.awareness_max = 1;
     }
     prng_seed(&st->rng, seed);
+    st->now = now_ms;
     st->cap = st->p.max_members;
     st->cap_bq = 2 * st->p.max_members + 16;
     st->nodes = calloc(st->cap, sizeof *st->nodes);

@@ -153,6 +153,13 @@ static bool all_alive(struct fixture *f, void *arg)
     return true;
 }
 
+static bool never(struct fixture *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+    return false;
+}
+
 struct state_want
 {
     unsigned subject;
@@ -193,6 +200,28 @@ Test(gossip_loop, join_detect_close)
     cr_assert_str_eq(m->tags[0].value, "test");
     cr_assert_eq(gossip_member_at(&f.g[1], 0)->id, 0x7001, "self first");
     cr_assert_gt(f.changes, 0);
+
+    /* Idle traffic (measured, printed for docs/gossip.md). */
+    {
+        uint64_t b0 = 0, b1 = 0, p0 = 0, p1 = 0;
+        run_until(&f, never, NULL, 3000); /* let join broadcasts drain */
+        for (unsigned i = 0; i < N; i++) {
+            gossip_stats(&f.g[i], &st);
+            b0 += st.udp_out_bytes;
+            p0 += st.udp_out_packets;
+        }
+        run_until(&f, never, NULL, 3000);
+        for (unsigned i = 0; i < N; i++) {
+            gossip_stats(&f.g[i], &st);
+            b1 += st.udp_out_bytes;
+            p1 += st.udp_out_packets;
+        }
+        fprintf(stderr,
+                "gossip_loop: idle UDP out per node: %llu B/s, %.1f "
+                "packets/s\n",
+                (unsigned long long)((b1 - b0) / N / 3),
+                (double)(p1 - p0) / N / 3.0);
+    }
 
     /* Load and meta propagate. */
     {

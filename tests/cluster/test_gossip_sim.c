@@ -284,8 +284,8 @@ static uint64_t sim_start(struct sim *s, unsigned n, uint64_t bound_ms)
  * dissemination. */
 static uint64_t detect_bound(const struct gossip__params *p, unsigned n)
 {
-    double min = p->suspicion_min_mult * p->probe_interval_ms *
-                 (n > 10 ? log10((double)n) : 1.0);
+    double min =
+        (double)p->suspicion_min_ms * (n > 10 ? log10((double)n) : 1.0);
     double max =
         n - 2 < p->suspicion_confirm ? min : min * p->suspicion_max_mult;
     return 3 * p->probe_interval_ms + (uint64_t)max + 1000;
@@ -444,6 +444,9 @@ static void loss_run(unsigned n, uint64_t ms)
     s = sim_new(name);
     sim_start(s, n, 20000);
     s->loss_pct = 20;
+    if (getenv("GOSSIP_SIM_LOSS_PCT") != NULL) {
+        s->loss_pct = (unsigned)atoi(getenv("GOSSIP_SIM_LOSS_PCT"));
+    }
     t0 = s->now;
     while (s->now - t0 < ms) {
         sim_step(s);
@@ -465,10 +468,11 @@ static void loss_run(unsigned n, uint64_t ms)
         susp += c.suspicions;
     }
     fprintf(stderr,
-            "gossip_sim: %u nodes, 20%% loss for %llu s: %llu dead-steps "
+            "gossip_sim: %u nodes, %u%% loss for %llu s: %llu dead-steps "
             "(first at +%llu ms), %llu suspicions\n",
-            n, (unsigned long long)(ms / 1000), (unsigned long long)deaths,
-            (unsigned long long)first, (unsigned long long)susp);
+            n, s->loss_pct, (unsigned long long)(ms / 1000),
+            (unsigned long long)deaths, (unsigned long long)first,
+            (unsigned long long)susp);
     cr_assert_eq(deaths, 0, "false deaths with 20%% loss");
     sim_free(s);
 }
