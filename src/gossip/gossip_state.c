@@ -917,6 +917,19 @@ static void handle_primary(struct gossip__state *st,
             r.type = GOSSIP__ACK;
             r.seq = msg->seq;
             r.id = self->m.id;
+            {
+                /* A member we hold dead is talking to us: tell it, so that
+                 * it refutes instead of waiting for a push-pull. */
+                struct node *snd = find_node(st, msg->from);
+                if (snd != NULL && snd != self && snd->m.state == GOSSIP_DEAD) {
+                    struct gossip__msg two[2];
+                    two[0] = r;
+                    state_msg(GOSSIP__DEAD, snd->m.id, snd->m.incarnation,
+                              self->m.id, &two[1]);
+                    send_packet(st, from, two, 2, true);
+                    return;
+                }
+            }
             send_packet(st, from, &r, 1, true);
             return;
         case GOSSIP__PING_REQ: {
@@ -1073,14 +1086,22 @@ static void gossip_round(struct gossip__state *st, uint64_t now)
 static void pushpull_round(struct gossip__state *st)
 {
     struct node *cand[GOSSIP_MAX_MEMBERS];
-    unsigned nc = 0;
+    struct node *dead[GOSSIP_MAX_MEMBERS];
+    unsigned nc = 0, nd = 0;
     for (unsigned i = 1; i < st->n; i++) {
         if (st->nodes[i]->m.state == GOSSIP_ALIVE) {
             cand[nc++] = st->nodes[i];
+        } else if (st->nodes[i]->m.state == GOSSIP_DEAD) {
+            dead[nd++] = st->nodes[i];
         }
     }
     if (nc > 0) {
         gossip__state_request_pushpull(st, &cand[prng_below(&st->rng, nc)]->ga);
+    }
+    /* Reconnect: also try one member we hold dead. After a partition that
+     * outlived gossip-to-the-dead, this is what merges the two sides. */
+    if (nd > 0) {
+        gossip__state_request_pushpull(st, &dead[prng_below(&st->rng, nd)]->ga);
     }
 }
 
