@@ -14,6 +14,8 @@
 TestSuite(gossip_loop, .timeout = 60);
 
 #define N 3
+/* Realistic 64-bit ids (their msgpack size matters for the byte count). */
+#define ID_BASE 0x9e3779b97f4a7000ull
 
 struct fixture
 {
@@ -86,7 +88,7 @@ static void setup(struct fixture *f)
         struct gossip_config c;
         gossip_config_defaults(&c);
         snprintf(c.name, sizeof c.name, "loop%u", i);
-        c.id = 0x7000 + i;
+        c.id = ID_BASE + i;
         strcpy(c.bind.host, "127.0.0.1");
         c.bind.port = f->ports[i];
         snprintf(c.api, sizeof c.api, "127.0.0.1:%u", 1000 + i);
@@ -174,7 +176,7 @@ static bool others_see(struct fixture *f, void *arg)
         if (i == w->subject || !f->open[i]) {
             continue;
         }
-        m = gossip_find_id(&f->g[i], 0x7000 + w->subject);
+        m = gossip_find_id(&f->g[i], ID_BASE + w->subject);
         if (m == NULL || m->state != w->state) {
             return false;
         }
@@ -198,7 +200,7 @@ Test(gossip_loop, join_detect_close)
     cr_assert_str_eq(m->api, "127.0.0.1:1000");
     cr_assert_eq(m->n_tags, 1);
     cr_assert_str_eq(m->tags[0].value, "test");
-    cr_assert_eq(gossip_member_at(&f.g[1], 0)->id, 0x7001, "self first");
+    cr_assert_eq(gossip_member_at(&f.g[1], 0)->id, ID_BASE + 1, "self first");
     cr_assert_gt(f.changes, 0);
 
     /* Idle traffic (measured, printed for docs/gossip.md). */
