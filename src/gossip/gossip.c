@@ -685,18 +685,30 @@ int gossip_start(struct gossip *g, char *errmsg)
     return 0;
 }
 
+static bool same_addr(const struct addr *a, const struct addr *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
 int gossip_join(struct gossip *g, const struct addr *seeds, unsigned n)
 {
+    struct addr adv;
     if (n == 0) {
         return ERR_INVALID;
     }
-    if (n > ARRAY_SIZE(g->seeds)) {
-        n = ARRAY_SIZE(g->seeds);
+    if (addr_parse(gossip__state_at(g->st, 0)->gossip, &adv, NULL) != 0) {
+        adv = g->cfg.bind;
     }
-    memcpy(g->seeds, seeds, n * sizeof *seeds);
-    g->n_seeds = n;
+    g->n_seeds = 0;
+    for (unsigned i = 0; i < n && g->n_seeds < ARRAY_SIZE(g->seeds); i++) {
+        /* Joining through ourselves would "succeed" and join nothing. */
+        if (same_addr(&seeds[i], &g->cfg.bind) || same_addr(&seeds[i], &adv)) {
+            continue;
+        }
+        g->seeds[g->n_seeds++] = seeds[i];
+    }
     g->seed_next = 0;
-    g->joining = true;
+    g->joining = g->n_seeds > 0;
     g->join_next_ms = 0;
     g->join_backoff_ms = JOIN_BACKOFF_MIN_MS;
     return 0;

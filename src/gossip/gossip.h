@@ -170,8 +170,11 @@ int gossip_init(struct gossip *g,
 int gossip_start(struct gossip *g, char *errmsg);
 
 /* Join through seeds (gossip addresses): push-pull with them in turn,
- * retried with backoff (200 ms doubling to 5 s) until one answers. Returns
- * at once; 0 or ERR_INVALID (n == 0). Seeds beyond 16 are ignored. */
+ * retried with backoff (200 ms doubling to 5 s) until one answers. Seeds
+ * equal to our own address are skipped (a shared --join list may include
+ * us); if none is left there is nothing to do. Returns at once; 0, or
+ * ERR_INVALID when n == 0. Seeds beyond 16 are ignored. Precondition:
+ * gossip_init succeeded. */
 int gossip_join(struct gossip *g, const struct addr *seeds, unsigned n);
 
 /* Update the local load / meta bits. Disseminated within about one to two

@@ -78,32 +78,37 @@ static void change_cb(struct gossip *g,
     f->changes++;
 }
 
-static void setup(struct fixture *f)
+static void start_one(struct fixture *f, unsigned i)
 {
     char errmsg[ERRMSG_SIZE];
+    struct gossip_config c;
+    gossip_config_defaults(&c);
+    snprintf(c.name, sizeof c.name, "loop%u", i);
+    c.id = ID_BASE + i;
+    strcpy(c.bind.host, "127.0.0.1");
+    c.bind.port = f->ports[i];
+    snprintf(c.api, sizeof c.api, "127.0.0.1:%u", 1000 + i);
+    c.n_tags = 1;
+    strcpy(c.tags[0].key, "role");
+    strcpy(c.tags[0].value, "test");
+    cr_assert_eq(gossip_init(&f->g[i], &f->loop, &c, errmsg), 0, "%s", errmsg);
+    cr_assert_eq(gossip_start(&f->g[i], errmsg), 0, "%s", errmsg);
+    gossip_on_change(&f->g[i], change_cb, f);
+    f->open[i] = true;
+}
+
+static void setup(struct fixture *f)
+{
     memset(f, 0, sizeof *f);
     cr_assert_eq(uv_loop_init(&f->loop), 0);
     th_free_ports(f->ports, N);
     for (unsigned i = 0; i < N; i++) {
-        struct gossip_config c;
-        gossip_config_defaults(&c);
-        snprintf(c.name, sizeof c.name, "loop%u", i);
-        c.id = ID_BASE + i;
-        strcpy(c.bind.host, "127.0.0.1");
-        c.bind.port = f->ports[i];
-        snprintf(c.api, sizeof c.api, "127.0.0.1:%u", 1000 + i);
-        c.n_tags = 1;
-        strcpy(c.tags[0].key, "role");
-        strcpy(c.tags[0].value, "test");
-        cr_assert_eq(gossip_init(&f->g[i], &f->loop, &c, errmsg), 0, "%s",
-                     errmsg);
-        cr_assert_eq(gossip_start(&f->g[i], errmsg), 0, "%s", errmsg);
-        gossip_on_change(&f->g[i], change_cb, f);
-        f->open[i] = true;
+        start_one(f, i);
     }
     for (unsigned i = 1; i < N; i++) {
-        struct addr seed = f->g[0].cfg.bind;
-        cr_assert_eq(gossip_join(&f->g[i], &seed, 1), 0);
+        /* A shared seed list that includes the joiner itself. */
+        struct addr seeds[2] = {f->g[i].cfg.bind, f->g[0].cfg.bind};
+        cr_assert_eq(gossip_join(&f->g[i], seeds, 2), 0);
     }
 }
 
@@ -296,5 +301,33 @@ Test(gossip_loop, bind_conflict_is_inuse)
     c.id = 1;
     strcpy(c.name, "bad name");
     cr_assert_eq(gossip_init(&bad, &f.loop, &c, errmsg), ERR_INVALID);
+    teardown(&f);
+}
+
+static bool pair_alive(struct fixture *f, void *arg)
+{
+    const struct gossip_member *a = gossip_find_id(&f->g[0], ID_BASE + 1);
+    const struct gossip_member *b = gossip_find_id(&f->g[1], ID_BASE + 0);
+    (void)arg;
+    return a != NULL && b != NULL && a->state == GOSSIP_ALIVE &&
+           b->state == GOSSIP_ALIVE;
+}
+
+Test(gossip_loop, join_retries_until_a_seed_answers)
+{
+    struct fixture f;
+    struct addr seed;
+    memset(&f, 0, sizeof f);
+    cr_assert_eq(uv_loop_init(&f.loop), 0);
+    th_free_ports(f.ports, N);
+    start_one(&f, 1);
+    strcpy(seed.host, "127.0.0.1");
+    seed.port = f.ports[0];
+    cr_assert_eq(gossip_join(&f.g[1], &seed, 1), 0);
+    /* Nobody listens yet: a few attempts fail. */
+    cr_assert_not(run_until(&f, never, NULL, 700));
+    cr_assert_gt(f.g[1].glue_stats.pushpull_failed, 0);
+    start_one(&f, 0);
+    cr_assert(run_until(&f, pair_alive, NULL, 6000), "join never retried");
     teardown(&f);
 }
