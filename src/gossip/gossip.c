@@ -9,7 +9,7 @@
 #include "log.h"
 
 #define TICK_MS 20
-#define MAX_CONNS 32
+#define MAX_CONNS 16
 #define JOIN_BACKOFF_MIN_MS 200
 #define JOIN_BACKOFF_MAX_MS 5000
 #define LEAVE_MAX_MS 1000
@@ -57,7 +57,7 @@ void gossip_config_defaults(struct gossip_config *c)
     c->load_interval_ms = 250;
     c->reap_ms = 24ull * 3600 * 1000;
     c->tcp_timeout_ms = 5000;
-    c->pushpull_max_bytes = 4u << 20;
+    c->pushpull_max_bytes = 2u << 20;
 }
 
 static bool printable(const char *s, size_t min, size_t max)

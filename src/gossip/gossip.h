@@ -87,7 +87,7 @@ struct gossip_config
     unsigned load_interval_ms;     /* min gap between load broadcasts; 250 */
     uint64_t reap_ms;              /* drop dead/left members after; 24 h */
     unsigned tcp_timeout_ms;       /* push-pull connection deadline; 5000 */
-    uint32_t pushpull_max_bytes;   /* push-pull frame limit; 4 MiB */
+    uint32_t pushpull_max_bytes;   /* push-pull frame limit; 2 MiB */
     uint64_t incarnation;          /* start incarnation; 0 = wall seconds */
     uint64_t seed;                 /* PRNG seed; 0 = from time and id */
 };

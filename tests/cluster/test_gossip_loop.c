@@ -331,3 +331,60 @@ Test(gossip_loop, join_retries_until_a_seed_answers)
     cr_assert(run_until(&f, pair_alive, NULL, 6000), "join never retried");
     teardown(&f);
 }
+
+static bool counted(struct fixture *f, void *arg)
+{
+    struct gossip_stats st, st1;
+    uint64_t *want = arg;
+    gossip_stats(&f->g[0], &st);
+    gossip_stats(&f->g[1], &st1);
+    return st.dropped_malformed + st.dropped_version >= *want &&
+           st1.dropped_filter > 0;
+}
+
+static void tcp_connect_cb(uv_connect_t *req, int status)
+{
+    static const char junk[] = "\xff\xff\xff\xffgarbage";
+    uv_buf_t b = uv_buf_init((char *)junk, sizeof junk - 1);
+    (void)status;
+    if (status == 0) {
+        uv_try_write(req->handle, &b, 1);
+    }
+}
+
+Test(gossip_loop, hostile_input_is_counted)
+{
+    struct fixture f;
+    uv_udp_t u;
+    uv_tcp_t t;
+    uv_connect_t creq;
+    struct sockaddr_in sa;
+    struct prng r;
+    uint64_t want = 50;
+    setup(&f);
+    cr_assert(run_until(&f, all_alive, NULL, 5000));
+    uv_ip4_addr("127.0.0.1", f.ports[0], &sa);
+    uv_udp_init(&f.loop, &u);
+    prng_seed(&r, 42);
+    for (unsigned i = 0; i < want; i++) {
+        uint8_t junk[300];
+        uv_buf_t b;
+        size_t l = 1 + prng_below(&r, sizeof junk);
+        for (size_t j = 0; j < l; j++) {
+            junk[j] = (uint8_t)prng_next(&r);
+        }
+        junk[0] = 0x92; /* mostly arrays, to get past the first byte */
+        b = uv_buf_init((char *)junk, (unsigned)l);
+        uv_udp_try_send(&u, &b, 1, (const struct sockaddr *)&sa);
+    }
+    /* A push-pull frame announcing 4 GiB. */
+    uv_tcp_init(&f.loop, &t);
+    uv_tcp_connect(&creq, &t, (const struct sockaddr *)&sa, tcp_connect_cb);
+    gossip_set_drop(&f.g[1], 100);
+    cr_assert(run_until(&f, counted, &want, 3000), "junk not counted");
+    gossip_set_drop(&f.g[1], 0);
+    uv_close((uv_handle_t *)&u, NULL);
+    uv_close((uv_handle_t *)&t, NULL);
+    cr_assert(all_alive(&f, NULL) || run_until(&f, all_alive, NULL, 5000));
+    teardown(&f);
+}
