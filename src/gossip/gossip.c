@@ -693,7 +693,7 @@ static bool same_addr(const struct addr *a, const struct addr *b)
 int gossip_join(struct gossip *g, const struct addr *seeds, unsigned n)
 {
     struct addr adv;
-    if (n == 0) {
+    if (n == 0 || g->st == NULL || g->closing) {
         return ERR_INVALID;
     }
     if (addr_parse(gossip__state_at(g->st, 0)->gossip, &adv, NULL) != 0) {
