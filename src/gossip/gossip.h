@@ -76,10 +76,11 @@ struct gossip_config
     unsigned probe_timeout_ms;     /* direct ack wait; 200 */
     unsigned indirect_checks;      /* relays asked on a failed probe; 3 */
     unsigned suspicion_min_ms;     /* min suspicion at N <= 10 (x log10 N
-                                    * above); 1000 */
+                                    * above); 750 */
     unsigned suspicion_max_mult;   /* max suspicion = this x min; 3 */
     unsigned suspicion_confirm;    /* confirmations to reach min; 2 */
-    unsigned retransmit_mult;      /* broadcast sends x ceil(log10(N+1)); 4 */
+    unsigned retransmit_mult;      /* sends = this x max(2, ceil(log10(N+1)));
+                                    * 4 */
     unsigned gossip_interval_ms;   /* broadcast round; 100 */
     unsigned gossip_nodes;         /* peers per broadcast round; 3 */
     unsigned pushpull_interval_ms; /* anti-entropy period; 30000 */
