@@ -5,12 +5,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
-#include <stddef.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
@@ -179,7 +179,8 @@ int node_init(struct node *n, uv_loop_t *loop, const struct config *cfg)
 
 /* --- forwarding proposals to the leader over HTTP ----------------------- */
 
-struct forward {
+struct forward
+{
     rsm_forward_done done;
     void *req;
 };
@@ -244,8 +245,13 @@ static const char *api_addr_of(struct node *n, uint64_t id)
     return NULL;
 }
 
-static int forward_cb(struct rsm *r, uint64_t leader_id, const void *buf,
-                      size_t len, rsm_forward_done done, void *req, void *ud)
+static int forward_cb(struct rsm *r,
+                      uint64_t leader_id,
+                      const void *buf,
+                      size_t len,
+                      rsm_forward_done done,
+                      void *req,
+                      void *ud)
 {
     struct node *n = ud;
     static const char *const headers[] = {
@@ -277,8 +283,22 @@ static int forward_cb(struct rsm *r, uint64_t leader_id, const void *buf,
 
 /* --- membership: bootstrap, registration, voter management ------------- */
 
-static void member_changed_cb(struct gossip *g, const struct gossip_member *m,
-                              enum gossip_state old, void *data)
+static void applied_cb(struct rsm *r,
+                       const struct rsm_cmd *cmd,
+                       const struct rsm_result *res,
+                       void *ud)
+{
+    struct node *n = ud;
+    UNUSED(r);
+    if (n->started & NODE_M_HTTP) {
+        api_on_applied(&n->api, cmd, res);
+    }
+}
+
+static void member_changed_cb(struct gossip *g,
+                              const struct gossip_member *m,
+                              enum gossip_state old,
+                              void *data)
 {
     struct node *n = data;
     UNUSED(g);
@@ -502,6 +522,7 @@ int node_start(struct node *n)
     rc.heartbeat_ms = n->cfg.heartbeat_ms;
     rc.segment_kib = n->cfg.segment_kib;
     rc.forward = forward_cb;
+    rc.on_applied = applied_cb;
     rc.ud = n;
     n->rsm = rsm_create(n->loop, &rc, n->errmsg);
     if (n->rsm == NULL) {
@@ -621,8 +642,7 @@ static void http_closed_cb(struct http_server *s)
 
 static void gossip_closed_cb(struct gossip *g)
 {
-    struct node *n =
-        (struct node *)((char *)g - offsetof(struct node, gossip));
+    struct node *n = (struct node *)((char *)g - offsetof(struct node, gossip));
     n->started &= ~NODE_M_GOSSIP;
     close_step(n);
 }
@@ -646,6 +666,7 @@ static void rsm_closed_cb(struct rsm *r, void *data)
 static void close_step(struct node *n)
 {
     if (n->started & NODE_M_HTTP) {
+        api_shutdown(&n->api);
         http_server_close(&n->http, http_closed_cb);
         return;
     }

@@ -18,32 +18,33 @@
 struct node;
 typedef void (*node_close_cb)(struct node *n);
 
-struct node {
+struct node
+{
     uv_loop_t *loop;                /* borrowed, outlives us */
     struct config cfg;              /* copy of the parsed flags */
     char name[CONFIG_NAME_MAX + 1]; /* persisted identity */
     uint64_t id;                    /* persisted, random, never 0 */
     int lock_fd;                    /* flock'd data_dir/LOCK */
 
-    struct rsm *rsm;           /* owned */
-    struct http_server http;   /* API server */
-    struct httpc httpc;        /* forwarding client */
-    struct gossip gossip;      /* membership */
-    struct api api;            /* routes */
-    uv_timer_t tick;           /* bootstrap, registration, load */
-    uv_signal_t sigint;        /* graceful shutdown */
-    uv_signal_t sigterm;       /* graceful shutdown */
+    struct rsm *rsm;         /* owned */
+    struct http_server http; /* API server */
+    struct httpc httpc;      /* forwarding client */
+    struct gossip gossip;    /* membership */
+    struct api api;          /* routes */
+    uv_timer_t tick;         /* bootstrap, registration, load */
+    uv_signal_t sigint;      /* graceful shutdown */
+    uv_signal_t sigterm;     /* graceful shutdown */
 
-    unsigned started;          /* bitmask of started modules (NODE_M_*) */
-    int closing;               /* node_close called */
-    int pending_closes;        /* handles still closing at the last step */
-    int exit_status;           /* for main: 0 clean */
-    int raft_running;          /* bootstrapped or joined this run */
-    int registered;            /* our MEMBER_PUT is applied */
-    int registering;           /* a MEMBER_PUT is in flight */
-    uint64_t forward_seq;      /* forwards sent */
-    node_close_cb close_cb;    /* called when everything is closed */
-    char errmsg[ERRMSG_SIZE];  /* why init/start failed */
+    unsigned started;         /* bitmask of started modules (NODE_M_*) */
+    int closing;              /* node_close called */
+    int pending_closes;       /* handles still closing at the last step */
+    int exit_status;          /* for main: 0 clean */
+    int raft_running;         /* bootstrapped or joined this run */
+    int registered;           /* our MEMBER_PUT is applied */
+    int registering;          /* a MEMBER_PUT is in flight */
+    uint64_t forward_seq;     /* forwards sent */
+    node_close_cb close_cb;   /* called when everything is closed */
+    char errmsg[ERRMSG_SIZE]; /* why init/start failed */
 };
 
 /* Lock the data dir, load or create the identity. Returns 0 or an ERR_* code
@@ -60,7 +61,10 @@ void node_close(struct node *n, node_close_cb cb);
 
 /* Helpers exposed for tests. */
 int node_lock_data_dir(const char *dir, int *fd_out, char *errmsg);
-int node_load_identity(const char *dir, const char *want_name, char *name,
-                       uint64_t *id, char *errmsg);
+int node_load_identity(const char *dir,
+                       const char *want_name,
+                       char *name,
+                       uint64_t *id,
+                       char *errmsg);
 
 #endif /* KILN_NODE_H_ */

@@ -10,18 +10,42 @@
 #include "log.h"
 #include "util.h"
 
-/* A request parked on a proposal or a barrier. */
-struct pending {
-    struct api *api;
-    struct http_req *req;
-    int op;                          /* enum op */
-    char name[RSM_NAME_MAX + 1];     /* object the reply renders */
-};
+static void pending_abort_cb(struct http_req *req, void *data)
+{
+    struct pending *p = data;
+    UNUSED(req);
+    /* During server close the engine frees the request right after this
+     * callback; otherwise it stays valid until our (late) reply. */
+    if (p->api->closing) {
+        p->req = NULL;
+    }
+}
 
-enum op { OP_PIPELINE_CREATE, OP_PIPELINE_UPDATE, OP_PIPELINE_DELETE,
-          OP_READ_PIPELINES, OP_READ_PIPELINE };
+struct pending *api__pending_new(struct api *a,
+                                 struct http_req *req,
+                                 int op,
+                                 const char *name)
+{
+    struct pending *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        return NULL;
+    }
+    p->api = a;
+    p->req = req;
+    p->op = op;
+    str_copy(p->name, sizeof p->name, name != NULL ? name : "");
+    http_req_on_abort(req, pending_abort_cb, p);
+    a->inflight++;
+    return p;
+}
 
-static void reply_err(struct http_req *req, int err, const char *msg)
+void api__pending_free(struct pending *p)
+{
+    p->api->inflight--;
+    free(p);
+}
+
+void api__reply_err(struct http_req *req, int err, const char *msg)
 {
     unsigned status;
     const char *code;
@@ -34,9 +58,9 @@ static void reply_err(struct http_req *req, int err, const char *msg)
 static void health_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
-    http_reply_json(req, 200,
-                    json_pack("{s:s,s:s}", "status", "ok", "node",
-                              a->deps.node_name));
+    http_reply_json(
+        req, 200,
+        json_pack("{s:s,s:s}", "status", "ok", "node", a->deps.node_name));
 }
 
 static void cluster_cb(struct http_req *req, void *data)
@@ -55,8 +79,8 @@ static void cluster_cb(struct http_req *req, void *data)
             "{s:s,s:s,s:s,s:s,s:I,s:I,s:b,s:s,s:s}", "name", m->name, "state",
             gossip_state_name(m->state), "role", rsm_role_name(role), "api",
             m->api, "running", (json_int_t)m->load.running, "slots",
-            (json_int_t)m->load.slots, "draining", (m->meta & 2u) != 0,
-            "raft", m->raft, "gossip", m->gossip);
+            (json_int_t)m->load.slots, "draining", (m->meta & 2u) != 0, "raft",
+            m->raft, "gossip", m->gossip);
         if (m->id == leader) {
             json_decref(leader_name);
             leader_name = json_string(m->name);
@@ -71,15 +95,17 @@ static void cluster_cb(struct http_req *req, void *data)
             leader_name = json_string(rm->name);
         }
     }
-    http_reply_json(req, 200,
-                    json_pack("{s:o,s:o}", "leader", leader_name, "nodes",
-                              nodes));
+    http_reply_json(
+        req, 200,
+        json_pack("{s:o,s:o}", "leader", leader_name, "nodes", nodes));
 }
 
 /* --- pipelines ------------------------------------------------------ */
 
-static void reply_pipeline(struct http_req *req, struct api *a,
-                           const char *name, unsigned status)
+static void reply_pipeline(struct http_req *req,
+                           struct api *a,
+                           const char *name,
+                           unsigned status)
 {
     const struct rsm_pipeline *p =
         rsm_fsm_pipeline(rsm_state(a->deps.rsm), name);
@@ -115,17 +141,19 @@ static void proposed_cb(void *data, int rv, const struct rsm_result *res)
     struct pending *p = data;
     struct api *a = p->api;
 
-    a->inflight--;
+    if (p->req == NULL) {
+        goto done;
+    }
     if (rv != 0) {
-        reply_err(p->req, rv,
-                  rv == ERR_UNAVAILABLE
-                      ? "no leader reachable in time; retry with the same "
-                        "Idempotency-Key"
-                      : err_str(rv));
+        api__reply_err(p->req, rv,
+                       rv == ERR_UNAVAILABLE
+                           ? "no leader reachable in time; retry with the same "
+                             "Idempotency-Key"
+                           : err_str(rv));
         goto done;
     }
     if (res->code != 0) {
-        reply_err(p->req, res->code, res->message);
+        api__reply_err(p->req, res->code, res->message);
         goto done;
     }
     switch (p->op) {
@@ -136,19 +164,19 @@ static void proposed_cb(void *data, int rv, const struct rsm_result *res)
             reply_pipeline(p->req, a, p->name, 200);
             break;
         case OP_PIPELINE_DELETE:
-            http_reply_json(p->req, 200,
-                            json_pack("{s:s,s:b}", "name", p->name,
-                                      "deleted", 1));
+            http_reply_json(
+                p->req, 200,
+                json_pack("{s:s,s:b}", "name", p->name, "deleted", 1));
             break;
         default:
-            http_reply_error(p->req, 500, "internal", "bad pending op");
+            api__jobs_proposed(a, p, res);
             break;
     }
 done:
-    free(p);
+    api__pending_free(p);
 }
 
-static int idem_from_header(struct http_req *req, struct rsm_cmd *cmd)
+int api__idem_from_header(struct http_req *req, struct rsm_cmd *cmd)
 {
     const char *key = http_req_header(req, "Idempotency-Key");
     if (key == NULL) {
@@ -166,46 +194,49 @@ static int idem_from_header(struct http_req *req, struct rsm_cmd *cmd)
     return 0;
 }
 
-static void propose(struct api *a, struct http_req *req, struct rsm_cmd *cmd,
-                    int op, const char *name)
+void api__propose(struct api *a,
+                  struct http_req *req,
+                  struct rsm_cmd *cmd,
+                  int op,
+                  const char *name)
 {
-    struct pending *p = calloc(1, sizeof *p);
+    struct pending *p = api__pending_new(a, req, op, name);
     int rv;
     if (p == NULL) {
         rsm_cmd_clear(cmd);
         http_reply_error(req, 500, "internal", "out of memory");
         return;
     }
-    p->api = a;
-    p->req = req;
-    p->op = op;
-    str_copy(p->name, sizeof p->name, name);
-    a->inflight++;
     rv = rsm_propose(a->deps.rsm, cmd, proposed_cb, p);
     if (rv != 0) {
-        a->inflight--;
-        free(p);
-        reply_err(req, rv, err_str(rv));
+        api__pending_free(p);
+        api__reply_err(req, rv, err_str(rv));
     }
 }
 
 static void barrier_done_cb(void *data, int rv)
 {
     struct pending *p = data;
-    p->api->inflight--;
-    if (rv != 0) {
-        reply_err(p->req, rv, "consistent read failed: no leader reachable");
+    if (p->req == NULL) {
+        /* server closed meanwhile */
+    } else if (rv != 0) {
+        api__reply_err(p->req, rv,
+                       "consistent read failed: no leader reachable");
     } else if (p->op == OP_READ_PIPELINES) {
         reply_pipelines(p->req, p->api);
-    } else {
+    } else if (p->op == OP_READ_PIPELINE) {
         reply_pipeline(p->req, p->api, p->name, 200);
+    } else {
+        api__jobs_read(p->api, p->req, p->op, p->name);
     }
-    free(p);
+    api__pending_free(p);
 }
 
 /* ?consistent=true: answer only after a barrier through the leader. */
-static bool maybe_consistent(struct api *a, struct http_req *req, int op,
-                             const char *name)
+bool api__maybe_consistent(struct api *a,
+                           struct http_req *req,
+                           int op,
+                           const char *name)
 {
     const char *c = http_req_query(req, "consistent");
     struct pending *p;
@@ -213,21 +244,15 @@ static bool maybe_consistent(struct api *a, struct http_req *req, int op,
     if (c == NULL || (strcmp(c, "true") != 0 && strcmp(c, "1") != 0)) {
         return false;
     }
-    p = calloc(1, sizeof *p);
+    p = api__pending_new(a, req, op, name);
     if (p == NULL) {
         http_reply_error(req, 500, "internal", "out of memory");
         return true;
     }
-    p->api = a;
-    p->req = req;
-    p->op = op;
-    str_copy(p->name, sizeof p->name, name != NULL ? name : "");
-    a->inflight++;
     rv = rsm_barrier(a->deps.rsm, barrier_done_cb, p);
     if (rv != 0) {
-        a->inflight--;
-        free(p);
-        reply_err(req, rv, err_str(rv));
+        api__pending_free(p);
+        api__reply_err(req, rv, err_str(rv));
     }
     return true;
 }
@@ -235,7 +260,7 @@ static bool maybe_consistent(struct api *a, struct http_req *req, int op,
 static void pipelines_list_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
-    if (maybe_consistent(a, req, OP_READ_PIPELINES, NULL)) {
+    if (api__maybe_consistent(a, req, OP_READ_PIPELINES, NULL)) {
         return;
     }
     reply_pipelines(req, a);
@@ -245,13 +270,14 @@ static void pipeline_get_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
     const char *name = http_req_param(req, "name");
-    if (maybe_consistent(a, req, OP_READ_PIPELINE, name)) {
+    if (api__maybe_consistent(a, req, OP_READ_PIPELINE, name)) {
         return;
     }
     reply_pipeline(req, a, name, 200);
 }
 
-static void pipeline_write(struct api *a, struct http_req *req,
+static void pipeline_write(struct api *a,
+                           struct http_req *req,
                            const char *path_name)
 {
     char errmsg[ERRMSG_SIZE];
@@ -266,18 +292,18 @@ static void pipeline_write(struct api *a, struct http_req *req,
     }
     rsm_cmd_init(&cmd, path_name == NULL ? RSM_CMD_PIPELINE_CREATE
                                          : RSM_CMD_PIPELINE_UPDATE);
-    if (idem_from_header(req, &cmd) != 0) {
+    if (api__idem_from_header(req, &cmd) != 0) {
         rsm_cmd_clear(&cmd);
         return;
     }
-    rv = api__pipeline_from_json(body, path_name, a->deps.check_schedule,
-                                 path_name == NULL
-                                     ? &cmd.u.pipeline_create
-                                     : &cmd.u.pipeline_update.spec,
-                                 errmsg);
+    rv =
+        api__pipeline_from_json(body, path_name, a->deps.check_schedule,
+                                path_name == NULL ? &cmd.u.pipeline_create
+                                                  : &cmd.u.pipeline_update.spec,
+                                errmsg);
     if (rv != 0) {
         rsm_cmd_clear(&cmd);
-        reply_err(req, rv, errmsg);
+        api__reply_err(req, rv, errmsg);
         return;
     }
     if (path_name != NULL) {
@@ -298,9 +324,9 @@ static void pipeline_write(struct api *a, struct http_req *req,
         char name[RSM_NAME_MAX + 1];
         str_copy(name, sizeof name,
                  path_name == NULL ? cmd.u.pipeline_create.name : path_name);
-        propose(a, req, &cmd,
-                path_name == NULL ? OP_PIPELINE_CREATE : OP_PIPELINE_UPDATE,
-                name);
+        api__propose(
+            a, req, &cmd,
+            path_name == NULL ? OP_PIPELINE_CREATE : OP_PIPELINE_UPDATE, name);
     }
 }
 
@@ -330,22 +356,29 @@ static void pipeline_delete_cb(struct http_req *req, void *data)
         return;
     }
     rsm_cmd_init(&cmd, RSM_CMD_PIPELINE_DELETE);
-    if (idem_from_header(req, &cmd) != 0) {
+    if (api__idem_from_header(req, &cmd) != 0) {
         rsm_cmd_clear(&cmd);
         return;
     }
     str_copy(cmd.u.pipeline_delete.name, sizeof cmd.u.pipeline_delete.name,
              name);
-    propose(a, req, &cmd, OP_PIPELINE_DELETE, name);
+    api__propose(a, req, &cmd, OP_PIPELINE_DELETE, name);
 }
 
 /* --- internal: forwarded proposals ----------------------------------- */
 
-static void forwarded_done(void *data, int rv, const struct rsm_result *res,
+static void forwarded_done(void *data,
+                           int rv,
+                           const struct rsm_result *res,
                            unsigned n)
 {
-    struct http_req *req = data;
+    struct pending *p = data;
+    struct http_req *req = p->req;
     json_t *arr;
+    api__pending_free(p);
+    if (req == NULL) {
+        return;
+    }
     if (rv != 0) {
         unsigned status;
         const char *code;
@@ -358,10 +391,9 @@ static void forwarded_done(void *data, int rv, const struct rsm_result *res,
     arr = json_array();
     for (unsigned i = 0; i < n; i++) {
         json_array_append_new(
-            arr, json_pack("{s:i,s:s,s:I,s:I}", "code", res[i].code,
-                           "message", res[i].message, "value",
-                           (json_int_t)res[i].value, "index",
-                           (json_int_t)res[i].index));
+            arr, json_pack("{s:i,s:s,s:I,s:I}", "code", res[i].code, "message",
+                           res[i].message, "value", (json_int_t)res[i].value,
+                           "index", (json_int_t)res[i].index));
     }
     http_reply_json(req, 200, json_pack("{s:o}", "results", arr));
 }
@@ -371,15 +403,22 @@ static void internal_propose_cb(struct http_req *req, void *data)
     struct api *a = data;
     size_t len;
     const char *body = http_req_body(req, &len);
-    int rv = rsm_propose_encoded(a->deps.rsm, body, len, forwarded_done, req);
+    struct pending *p = api__pending_new(a, req, OP_FORWARD, NULL);
+    int rv;
+    if (p == NULL) {
+        http_reply_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    rv = rsm_propose_encoded(a->deps.rsm, body, len, forwarded_done, p);
     if (rv != 0) {
-        forwarded_done(req, rv, NULL, 0);
+        forwarded_done(p, rv, NULL, 0);
     }
 }
 
 int api_init(struct api *a, const struct api_deps *deps)
 {
-    struct {
+    struct
+    {
         const char *method;
         const char *pattern;
         http_handler h;
@@ -393,14 +432,22 @@ int api_init(struct api *a, const struct api_deps *deps)
         {"DELETE", "/v1/pipelines/:name", pipeline_delete_cb},
         {"POST", "/internal/v1/propose", internal_propose_cb},
     };
+    int rv;
     memset(a, 0, sizeof *a);
     a->deps = *deps;
     for (size_t i = 0; i < ARRAY_SIZE(routes); i++) {
-        int rv = http_route(deps->http, routes[i].method, routes[i].pattern,
-                            routes[i].h, a);
+        rv = http_route(deps->http, routes[i].method, routes[i].pattern,
+                        routes[i].h, a);
         if (rv != 0) {
             return rv;
         }
     }
-    return 0;
+    rv = api__jobs_init(a);
+    return rv;
+}
+
+void api_shutdown(struct api *a)
+{
+    a->closing = 1;
+    api__jobs_shutdown(a);
 }
