@@ -199,7 +199,7 @@ Test(gossip_loop, join_detect_close)
     const struct gossip_member *m;
 
     setup(&f);
-    cr_assert(run_until(&f, all_alive, NULL, 5000), "no full view in 5 s");
+    cr_assert(run_until(&f, all_alive, NULL, 15000), "no full view in 15 s");
     cr_assert_eq(gossip_count(&f.g[0]), N);
     m = gossip_find(&f.g[1], "loop0");
     cr_assert_str_eq(m->api, "127.0.0.1:1000");
@@ -265,7 +265,7 @@ Test(gossip_loop, leave_is_seen_as_left)
     struct fixture f;
     struct state_want w = {1, GOSSIP_LEFT};
     setup(&f);
-    cr_assert(run_until(&f, all_alive, NULL, 5000));
+    cr_assert(run_until(&f, all_alive, NULL, 15000));
     gossip_leave(&f.g[1], closed_cb);
     f.open[1] = false;
     cr_assert(run_until(&f, others_see, &w, 3000), "left not seen in 3 s");
@@ -362,7 +362,7 @@ Test(gossip_loop, hostile_input_is_counted)
     struct prng r;
     uint64_t want = 50;
     setup(&f);
-    cr_assert(run_until(&f, all_alive, NULL, 5000));
+    cr_assert(run_until(&f, all_alive, NULL, 15000));
     uv_ip4_addr("127.0.0.1", f.ports[0], &sa);
     uv_udp_init(&f.loop, &u);
     prng_seed(&r, 42);
@@ -385,6 +385,6 @@ Test(gossip_loop, hostile_input_is_counted)
     gossip_set_drop(&f.g[1], 0);
     uv_close((uv_handle_t *)&u, NULL);
     uv_close((uv_handle_t *)&t, NULL);
-    cr_assert(all_alive(&f, NULL) || run_until(&f, all_alive, NULL, 5000));
+    cr_assert(all_alive(&f, NULL) || run_until(&f, all_alive, NULL, 15000));
     teardown(&f);
 }
