@@ -33,7 +33,15 @@ struct rsm_server
 
 /* Forwarding hook: deliver an encoded batch (rsm_entry_encode format) to
  * the leader and call done with its results. Implemented by node.c over
- * HTTP (internal route); rsm itself has no HTTP client. */
+ * HTTP (internal route); rsm itself has no HTTP client. buf stays valid
+ * until done is called. Return 0 and call done exactly once (also after
+ * rsm_close: rsm then just frees its request), or return non-zero without
+ * calling done (rsm retries). done's rv: 0 with the leader's results, or
+ * the leader's rsm_propose_encoded error; ERR_NOTLEADER, ERR_UNAVAILABLE,
+ * ERR_IO, ERR_TIMEOUT, ERR_BUSY and ERR_SHUTDOWN are retried (with a
+ * small backoff, against the current leader) until forward_timeout_ms;
+ * any other code fails the proposals with it. An empty batch is a
+ * barrier (see rsm_propose_encoded). */
 typedef void (*rsm_forward_done)(void *req,
                                  int rv,
                                  const struct rsm_result *results,
@@ -90,18 +98,31 @@ struct rsm *rsm_create(uv_loop_t *loop,
                        const struct rsm_config *cfg,
                        char *errmsg);
 
-/* Open the data dir and start raft (loads snapshot + log). A node with an
- * existing state resumes it. errmsg says why on failure. */
+/* Open the data dir (created), raft_init, and probe it for persisted state
+ * (raft_uv's metadata files with a term > 0). A node WITH state starts raft
+ * at once (loads snapshot + log, resumes). A node WITHOUT state does not
+ * start raft yet, because libraft 0.15 can only bootstrap before
+ * raft_start: the caller then calls rsm_bootstrap (new cluster) or
+ * rsm_join (wait to be added by a leader). errmsg says why on failure;
+ * call rsm_close after a failed rsm_start too. */
 int rsm_start(struct rsm *r, char *errmsg);
 
-/* True if this node's raft state holds a configuration (bootstrapped or
- * added by a leader): then it must never bootstrap again. */
+/* True if this node has raft state: the data dir held a term (probed by
+ * rsm_start), or raft runs with a non-empty configuration (bootstrapped or
+ * added by a leader). Then it must never bootstrap again. */
 bool rsm_has_state(const struct rsm *r);
 
 /* Bootstrap a brand-new cluster with these servers (all voters; the caller
- * sorts them so every member bootstraps the same configuration). A no-op
- * returning 0 when rsm_has_state(). */
+ * sorts them so every member bootstraps the same configuration), then start
+ * raft. A no-op returning 0 when rsm_has_state(). ERR_BUSY if raft was
+ * already started by rsm_join; ERR_IO if raft_bootstrap/raft_start failed
+ * (logged). */
 int rsm_bootstrap(struct rsm *r, const struct rsm_server *servers, unsigned n);
+
+/* (Added.) Start raft without bootstrapping: a node that joins an existing
+ * cluster and waits for the leader to add it (rsm_member_seen on the
+ * leader). A no-op returning 0 when raft already runs. */
+int rsm_join(struct rsm *r);
 
 /* Propose one command from any node. Takes ownership of cmd's contents
  * (cleared on return). Commands proposed during one loop iteration are
@@ -112,7 +133,15 @@ int rsm_propose(struct rsm *r,
                 void *data);
 
 /* Leader side of forwarding: apply a batch that a follower sent (the body
- * of the internal route). done runs once every command applied. */
+ * of the internal route). Returns 0 and later calls done exactly once
+ * (never synchronously) with one result per command once the entry applied
+ * on the leader; done(ERR_NOTLEADER) if leadership was lost meanwhile
+ * (outcome unknown: the follower retries, idempotency keys dedupe),
+ * done(ERR_SHUTDOWN) on close. An EMPTY batch (0 commands) is a barrier:
+ * done gets ONE result whose index is the barrier's index. Returns
+ * non-zero WITHOUT calling done: ERR_NOTLEADER (not the leader or its
+ * barrier not yet applied), ERR_MALFORMED/ERR_VERSION (bad bytes),
+ * ERR_TOOBIG, ERR_BUSY (too many batches in flight), ERR_SHUTDOWN. */
 int rsm_propose_encoded(struct rsm *r,
                         const void *buf,
                         size_t len,
