@@ -35,7 +35,15 @@
     X(RSM_CMD_MEMBER_PUT, 1, "member_put")           \
     X(RSM_CMD_PIPELINE_CREATE, 2, "pipeline_create") \
     X(RSM_CMD_PIPELINE_UPDATE, 3, "pipeline_update") \
-    X(RSM_CMD_PIPELINE_DELETE, 4, "pipeline_delete")
+    X(RSM_CMD_PIPELINE_DELETE, 4, "pipeline_delete") \
+    X(RSM_CMD_JOB_SUBMIT, 5, "job_submit")           \
+    X(RSM_CMD_JOB_CLAIM, 6, "job_claim")             \
+    X(RSM_CMD_JOB_START, 7, "job_start")             \
+    X(RSM_CMD_JOB_OUTPUT, 8, "job_output")           \
+    X(RSM_CMD_JOB_FINISH, 9, "job_finish")           \
+    X(RSM_CMD_JOB_CANCEL, 10, "job_cancel")          \
+    X(RSM_CMD_NODE_RENEW, 11, "node_renew")          \
+    X(RSM_CMD_NODE_EXPIRE, 12, "node_expire")
 
 enum rsm_cmd_type {
 #define RSM__CMD_ENUM(name, code, text) name = code,
@@ -66,6 +74,123 @@ struct rsm_kv
     char *key;   /* owned */
     char *value; /* owned */
 };
+
+/* ------------------------------------------------------------------ jobs
+ * docs/jobs.md is the design; docs/state-machine.md the exact rules. */
+
+/* Leases and expiry (docs/jobs.md "Leases and self-fencing"). */
+#define RSM_LEASE_GRACE_MS 1000 /* EXPIRE needs clock > until + grace */
+#define RSM_LEASE_MIN_MS 100    /* NODE_RENEW lease_ms bounds */
+#define RSM_LEASE_MAX_MS (10 * 60 * 1000)
+
+/* Output cap per job: chunks starting in the first HEAD_CAP raw bytes are
+ * kept; of the rest, the oldest are dropped while they exceed TAIL_CAP. */
+#define RSM_OUTPUT_HEAD_CAP (1u << 20)
+#define RSM_OUTPUT_TAIL_CAP (4u << 20)
+#define RSM_CHUNK_RAW_MAX (68u * 1024) /* 64 KiB batches + a line */
+
+/* Retention of finished jobs (deleted oldest by (finished_ms, seq)). */
+#define RSM_JOBS_MAX_FINISHED 100000u
+#define RSM_JOBS_MAX_AGE_MS (7LL * 24 * 60 * 60 * 1000)
+
+#define RSM_RETRY_BACKOFF_CAP_S 3600 /* cap of the exponential backoff */
+#define RSM_JOB_ID_MAX 24            /* buffer size for "j<N>" */
+
+enum rsm_job_state {
+    RSM_JOB_PENDING = 0,
+    RSM_JOB_CLAIMED,
+    RSM_JOB_RUNNING,
+    RSM_JOB_RETRY_WAIT,
+    RSM_JOB_PAUSED,
+    RSM_JOB_SUCCEEDED,
+    RSM_JOB_FAILED,
+    RSM_JOB_CANCELLED,
+    RSM_JOB__STATES
+};
+
+/* "pending", "claimed", ...; "unknown" out of range. */
+const char *rsm_job_state_name(unsigned state);
+
+/* True for succeeded, failed and cancelled (terminal states). */
+bool rsm_job_state_is_finished(unsigned state);
+
+/* Outcome of the last attempt. */
+enum rsm_job_end {
+    RSM_END_NONE = 0,
+    RSM_END_EXITED,       /* exit_code valid */
+    RSM_END_SIGNALED,     /* signal valid */
+    RSM_END_TIMEOUT,      /* killed at timeout_s */
+    RSM_END_CANCELLED,    /* killed on cancel_requested */
+    RSM_END_LOST,         /* lease expired (NODE_EXPIRE) */
+    RSM_END_SPAWN_FAILED, /* never started */
+    RSM_END_FENCED,       /* killed by the node's own fence */
+    RSM_END__COUNT
+};
+
+/* "none", "exited", ...; "unknown" out of range. */
+const char *rsm_job_end_name(unsigned end);
+
+/* Output streams of a chunk. */
+enum rsm_stream { RSM_STREAM_STDOUT = 0, RSM_STREAM_STDERR, RSM_STREAM_KILN };
+
+/* What to run. Owned pointers are released by rsm_job_spec_clear. */
+struct rsm_job_spec
+{
+    struct rsm_strv argv; /* 1..RSM_ARGV_MAX, argv[0] non-empty */
+    struct rsm_kv *env;   /* extra environment; owned */
+    unsigned n_env;
+    struct rsm_kv *tags; /* placement constraints; owned */
+    unsigned n_tags;
+    uint32_t retries_max; /* retries after the first attempt */
+    uint32_t backoff_s;   /* base of the exponential backoff; 0 = none */
+    uint32_t timeout_s;   /* 0 = none (enforced by the executor) */
+    uint8_t kind;         /* enum rsm_kind */
+    /* Pipeline jobs (next issue); 0 / "" for ad-hoc jobs. */
+    uint64_t run;                    /* N of r<N> */
+    char pipeline[RSM_NAME_MAX + 1]; /* "" or a valid name */
+    char target[RSM_NAME_MAX + 1];   /* "" or printable (KILN_TARGET) */
+    int64_t scheduled_for_ms;        /* 0 = none */
+};
+
+/* A job as stored (docs/jobs.md "Job record"). Borrowed from the FSM. */
+struct rsm_job
+{
+    uint64_t seq; /* N of j<N> */
+    struct rsm_job_spec spec;
+    uint8_t state;         /* enum rsm_job_state */
+    uint32_t attempt;      /* 1-based, current or last attempt */
+    uint64_t epoch;        /* fencing token; +1 per granted claim; 0 = never */
+    uint64_t node;         /* claim holder, 0 = none */
+    int64_t not_before_ms; /* FSM time before which no claim (retry_wait) */
+    bool cancel_requested; /* set by CANCEL while claimed/running */
+    uint8_t end;           /* enum rsm_job_end of the last attempt */
+    int32_t exit_code;
+    int32_t signal;
+    int64_t created_ms;  /* FSM clock values; 0 = not yet */
+    int64_t claimed_ms;  /* last grant */
+    int64_t started_ms;  /* last START */
+    int64_t finished_ms; /* terminal state reached */
+    /* Output bookkeeping (all attempts share one stream). */
+    uint64_t out_bytes;  /* raw bytes received (offset of the next chunk) */
+    uint64_t out_cut;    /* raw bytes dropped by the cap */
+    uint32_t out_chunks; /* chunks stored */
+    uint64_t next_chunk; /* seq the next JOB_OUTPUT must carry (from 1) */
+};
+
+/* One stored output chunk. data is an LZ4 block (LZ4_compress_default
+ * format) of raw_len bytes; borrowed from the FSM. */
+struct rsm_chunk
+{
+    uint64_t seq;
+    uint64_t offset; /* raw offset of the chunk's first byte */
+    uint32_t raw_len;
+    uint32_t comp_len;
+    uint8_t stream; /* enum rsm_stream */
+    const void *data;
+};
+
+void rsm_job_spec_clear(struct rsm_job_spec *s);
+int rsm_job_spec_copy(struct rsm_job_spec *dst, const struct rsm_job_spec *src);
 
 /* The user-visible pipeline spec (CONTRACT.md POST /v1/pipelines). */
 struct rsm_pipeline_spec
@@ -129,6 +254,49 @@ struct rsm_cmd
         {
             char name[RSM_NAME_MAX + 1];
         } pipeline_delete;
+        struct rsm_job_spec job_submit;
+        struct
+        {
+            uint64_t job; /* seq */
+            uint64_t node;
+            uint32_t attempt; /* must equal the job's attempt */
+        } job_claim;
+        struct
+        {
+            uint64_t job;
+            uint64_t epoch;
+        } job_start;
+        struct
+        {
+            uint64_t job;
+            uint64_t epoch;
+            uint64_t seq; /* >= 1; must be the job's next_chunk */
+            uint8_t stream;
+            uint32_t raw_len; /* 1..RSM_CHUNK_RAW_MAX */
+            uint32_t len;     /* 1..LZ4_compressBound(RSM_CHUNK_RAW_MAX) */
+            void *data;       /* LZ4 block; owned (malloc) */
+        } job_output;
+        struct
+        {
+            uint64_t job;
+            uint64_t epoch;
+            uint8_t end; /* enum rsm_job_end, not none */
+            int32_t exit_code;
+            int32_t signal; /* 0..255 */
+        } job_finish;
+        struct
+        {
+            uint64_t job;
+        } job_cancel;
+        struct
+        {
+            uint64_t node;
+            uint32_t lease_ms; /* RSM_LEASE_MIN_MS..RSM_LEASE_MAX_MS */
+        } node_renew;
+        struct
+        {
+            uint64_t node;
+        } node_expire;
     } u;
 };
 
@@ -221,5 +389,57 @@ const struct rsm_member *rsm_fsm_member(const struct rsm_fsm *f, uint64_t id);
 unsigned rsm_fsm_members(const struct rsm_fsm *f,
                          const struct rsm_member **out,
                          unsigned max);
+
+/* ------------------------------------------------------- job accessors
+ * Borrowed pointers, valid until the next apply/restore. Listing functions
+ * return the number of matching items (which may exceed max) and fill
+ * out[0..min(count, max)). */
+
+/* The job j<seq>, or NULL (never submitted, or deleted by retention). */
+const struct rsm_job *rsm_fsm_job(const struct rsm_fsm *f, uint64_t seq);
+
+/* "j42" -> 42. Returns 0 or ERR_INVALID (no 'j', no digits, leading zero,
+ * trailing bytes, 0, overflow). */
+int rsm_job_id_parse(const char *id, uint64_t *seq);
+/* 42 -> "j42"; buf holds RSM_JOB_ID_MAX bytes. */
+void rsm_job_id_format(uint64_t seq, char *buf);
+
+/* Jobs newest first (descending seq), all of them (state -1) or those in
+ * one state. Non-terminal states walk only the unfinished jobs. */
+unsigned rsm_fsm_jobs(const struct rsm_fsm *f,
+                      int state,
+                      const struct rsm_job **out,
+                      unsigned max);
+
+/* Jobs a CLAIM could be proposed for, oldest first: state pending, or
+ * retry_wait. The FSM grants a retry_wait job only once its not_before_ms
+ * <= the FSM clock: the caller compares not_before_ms with its own notion
+ * of time (e.g. rsm_fsm_clock or the leader time it expects) and skips the
+ * early ones. Cost O(unfinished jobs), independent of finished ones. */
+unsigned rsm_fsm_claimable(const struct rsm_fsm *f,
+                           const struct rsm_job **out,
+                           unsigned max);
+
+/* Claimed and running jobs held by node, by ascending seq. */
+unsigned rsm_fsm_jobs_of_node(const struct rsm_fsm *f,
+                              uint64_t node,
+                              const struct rsm_job **out,
+                              unsigned max);
+
+/* The stored output chunks of job seq in order (ascending seq and offset;
+ * a gap in offsets is the cut region). 0 for an unknown job. */
+unsigned rsm_fsm_job_chunks(const struct rsm_fsm *f,
+                            uint64_t seq,
+                            const struct rsm_chunk **out,
+                            unsigned max);
+
+/* Decompress c into out (c->raw_len bytes). Returns 0 or ERR_MALFORMED. */
+int rsm_chunk_decode(const struct rsm_chunk *c, char *out);
+
+/* Number of stored jobs (all states). */
+unsigned rsm_fsm_job_count(const struct rsm_fsm *f);
+
+/* Last assigned job number (the next submit gets this + 1). */
+uint64_t rsm_fsm_job_seq(const struct rsm_fsm *f);
 
 #endif /* KILN_RSM_FSM_H_ */
