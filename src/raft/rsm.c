@@ -1,6 +1,6 @@
 /* The replicated core's runtime: libraft 0.15 lifecycle over raft_uv,
- * role polling, batched proposals, forwarding to the leader, barriers and
- * the crash-stop policy. See docs/raft.md. */
+ * bootstrap rule, the FSM adapter, role polling, accessors, close and the
+ * crash-stop policy. Proposals are in rsm_propose.c. See docs/raft.md. */
 #include "raft/rsm.h"
 
 #include <errno.h>
@@ -17,65 +17,8 @@
 
 #define MOD "rsm"
 
-/* Backoff between two forward attempts while no leader answers. */
-#define RETRY_MS 25
 /* Period of the voter-management reconcile timer. */
 #define MEMBERS_PERIOD_MS 500
-
-/* One queued proposal, waiting for the next flush. */
-struct prop
-{
-    struct rsm_cmd cmd; /* owned */
-    rsm_propose_cb cb;
-    void *data;
-    struct prop *next;
-};
-
-/* Who waits for one command of a local group. */
-struct waiter
-{
-    rsm_propose_cb cb;
-    void *data;
-};
-
-enum group_kind {
-    GROUP_LOCAL = 0, /* proposals of this node (rsm_propose) */
-    GROUP_REMOTE,    /* leader side of a forwarded batch */
-    GROUP_BARRIER,   /* rsm_barrier of this node */
-    GROUP_RBARRIER   /* leader side of a forwarded barrier (empty batch) */
-};
-
-enum group_state {
-    GS_NEW = 0,
-    GS_APPLYING,    /* raft_apply / raft_barrier in flight on the leader */
-    GS_FWD_PENDING, /* waiting for a leader / backoff before (re)forward */
-    GS_FWD_INFLIGHT,
-    GS_WAITING /* result known, waiting for local last_applied */
-};
-
-/* A batch of commands that travels as one raft entry or one forward. */
-struct group
-{
-    struct rsm *r; /* NULL once detached by rsm_close */
-    enum group_kind kind;
-    enum group_state state;
-    struct rsm_cmd *cmds; /* owned, n entries */
-    unsigned n;
-    struct waiter *who; /* owned, n entries (LOCAL) */
-    rsm_barrier_cb bcb; /* BARRIER */
-    void *bdata;
-    rsm_forward_done done; /* REMOTE, RBARRIER */
-    void *req;
-    void *fwd_buf; /* raft_malloc'd encoded batch for forwarding */
-    size_t fwd_len;
-    struct raft_apply apply;
-    struct raft_barrier barrier;
-    struct rsm_result *results; /* owned, n entries (or 1 for barriers) */
-    uint64_t deadline;          /* monotonic ms: forwarding gives up */
-    uint64_t retry_at;
-    uint64_t wait_index;
-    struct group *prev, *next;
-};
 
 /* The barrier a new leader commits before serving (RISKS row 4). */
 struct leader_barrier
@@ -85,49 +28,7 @@ struct leader_barrier
     raft_term term;
 };
 
-struct rsm
-{
-    uv_loop_t *loop; /* borrowed */
-    struct rsm_config cfg;
-    char addr[ADDR_STRLEN];
-    struct rsm_fsm *core; /* owned */
-    struct rsm__adapter adapter;
-    struct raft_uv_transport transport;
-    struct raft_io io;
-    struct raft raft;
-    bool raft_inited, raft_started, disk_state;
-
-    uv_check_t check;
-    uv_prepare_t prepare;
-    uv_timer_t retry_timer;
-    uv_timer_t members_timer;
-    unsigned handles_open;
-
-    /* Role tracking (polled). */
-    int last_state;
-    uint64_t last_leader;
-    bool last_ready;
-    bool was_leader;
-    raft_term leader_term;
-    bool ready;             /* leader and its barrier applied */
-    bool need_lbarrier;     /* issue the leader barrier on next check */
-    bool lbarrier_inflight; /* one at a time */
-
-    /* Proposals. */
-    struct prop *q_head, *q_tail;
-    unsigned q_len;
-    struct group groups; /* sentinel of a circular list */
-    unsigned inflight;   /* raft_apply / raft_barrier in flight */
-    int64_t last_stamp;
-    uint64_t boot_ms;
-    uint64_t idem_counter;
-
-    struct rsm__members members;
-
-    bool closing, raft_closed;
-    rsm_close_cb close_cb;
-    void *close_data;
-};
+static void io_close_wrap(struct raft_io *io, raft_io_close_cb cb);
 
 /* ---------------------------------------------------------------------- */
 /* FSM adapter (shared with tests/lib/cluster.c)                          */
@@ -269,7 +170,7 @@ void rsm_config_defaults(struct rsm_config *c)
  * (typically RAFT_IOERR after a failed disk write) leaves 0.15 in a state
  * where later callbacks may carry other entries' results; stop the process
  * and let the supervisor restart it from disk. */
-static void crash_stop(const char *what, int status)
+void rsm__crash_stop(const char *what, int status)
 {
     LOGE(MOD, "%s failed with %s (%d): crash-stop", what, raft_strerror(status),
          status);
@@ -281,7 +182,7 @@ static bool retryable_raft(int status)
     return status == RAFT_LEADERSHIPLOST || status == RAFT_NOTLEADER;
 }
 
-static bool is_leader_now(const struct rsm *r)
+bool rsm__is_leader_now(const struct rsm *r)
 {
     return r->raft_started && !r->closing &&
            raft_state((struct raft *)&r->raft) == RAFT_LEADER;
@@ -296,519 +197,6 @@ static uint64_t leader_of(const struct rsm *r)
     }
     raft_leader((struct raft *)&r->raft, &id, &addr);
     return id;
-}
-
-static int64_t stamp_now(struct rsm *r)
-{
-    int64_t t = time_wall_ms();
-    int64_t clock = rsm_fsm_clock(r->core);
-    if (t < clock) {
-        t = clock;
-    }
-    if (t < r->last_stamp) {
-        t = r->last_stamp;
-    }
-    r->last_stamp = t;
-    return t;
-}
-
-static void list_insert(struct rsm *r, struct group *g)
-{
-    g->next = &r->groups;
-    g->prev = r->groups.prev;
-    r->groups.prev->next = g;
-    r->groups.prev = g;
-}
-
-static void list_remove(struct group *g)
-{
-    if (g->next != NULL) {
-        g->prev->next = g->next;
-        g->next->prev = g->prev;
-    }
-    g->next = g->prev = NULL;
-}
-
-static void group_free(struct group *g)
-{
-    list_remove(g);
-    if (g->cmds != NULL) {
-        rsm_cmds_free(g->cmds, g->n);
-    }
-    free(g->who);
-    free(g->results);
-    if (g->fwd_buf != NULL) {
-        raft_free(g->fwd_buf);
-    }
-    free(g);
-}
-
-/* Deliver a failure to everyone waiting on g (does not free g). */
-static void group_fail_waiters(struct group *g, int rv)
-{
-    unsigned i;
-    switch (g->kind) {
-        case GROUP_LOCAL:
-            for (i = 0; i < g->n; i++) {
-                if (g->who[i].cb != NULL) {
-                    g->who[i].cb(g->who[i].data, rv, NULL);
-                    g->who[i].cb = NULL;
-                }
-            }
-            break;
-        case GROUP_BARRIER:
-            if (g->bcb != NULL) {
-                g->bcb(g->bdata, rv);
-                g->bcb = NULL;
-            }
-            break;
-        case GROUP_REMOTE:
-        case GROUP_RBARRIER:
-            if (g->done != NULL) {
-                g->done(g->req, rv, NULL, 0);
-                g->done = NULL;
-            }
-            break;
-    }
-}
-
-static void group_fail(struct group *g, int rv)
-{
-    group_fail_waiters(g, rv);
-    group_free(g);
-}
-
-/* Everything applied locally: answer and free. */
-static void group_complete(struct group *g)
-{
-    unsigned i;
-    switch (g->kind) {
-        case GROUP_LOCAL:
-            for (i = 0; i < g->n; i++) {
-                if (g->who[i].cb != NULL) {
-                    g->who[i].cb(g->who[i].data, 0, &g->results[i]);
-                    g->who[i].cb = NULL;
-                }
-            }
-            break;
-        case GROUP_BARRIER:
-            if (g->bcb != NULL) {
-                g->bcb(g->bdata, 0);
-                g->bcb = NULL;
-            }
-            break;
-        case GROUP_REMOTE:
-            if (g->done != NULL) {
-                g->done(g->req, 0, g->results, g->n);
-                g->done = NULL;
-            }
-            break;
-        case GROUP_RBARRIER:
-            if (g->done != NULL) {
-                g->done(g->req, 0, g->results, 1);
-                g->done = NULL;
-            }
-            break;
-    }
-    group_free(g);
-}
-
-static void retry_timer_cb(uv_timer_t *h);
-
-static void schedule_retry(struct group *g, bool reset_deadline)
-{
-    struct rsm *r = g->r;
-    uint64_t now = time_mono_ms();
-    g->state = GS_FWD_PENDING;
-    g->retry_at = now + RETRY_MS;
-    if (reset_deadline) {
-        g->deadline = now + r->cfg.forward_timeout_ms;
-    }
-    if (!uv_is_active((uv_handle_t *)&r->retry_timer)) {
-        uv_timer_start(&r->retry_timer, retry_timer_cb, RETRY_MS, RETRY_MS);
-    }
-}
-
-/* ---------------------------------------------------------------------- */
-/* Leader path                                                            */
-/* ---------------------------------------------------------------------- */
-
-static void copy_results(struct group *g, const struct rsm__adapter *a)
-{
-    unsigned i;
-    for (i = 0; i < g->n; i++) {
-        if (a != NULL && i < a->n_results) {
-            g->results[i] = a->results[i];
-        } else {
-            memset(&g->results[i], 0, sizeof g->results[i]);
-            g->results[i].code = ERR_MALFORMED;
-            snprintf(g->results[i].message, sizeof g->results[i].message,
-                     "no result for command %u", i);
-            g->results[i].index = g->apply.index;
-        }
-    }
-}
-
-static void apply_cb(struct raft_apply *req, int status, void *result)
-{
-    struct group *g = req->data;
-    struct rsm *r = g->r;
-
-    r->inflight--;
-    if (status == 0) {
-        copy_results(g, result);
-        group_complete(g);
-        return;
-    }
-    if (r->closing || status == RAFT_SHUTDOWN) {
-        group_fail(g, ERR_SHUTDOWN);
-        return;
-    }
-    if (retryable_raft(status)) {
-        /* Outcome unknown: the entry may still commit. Every command
-         * carries an idempotency key, so a retry through the new leader
-         * applies at most once. */
-        if (g->kind == GROUP_LOCAL) {
-            LOGI(MOD,
-                 "leadership lost during apply of %u commands: "
-                 "retrying through the new leader",
-                 g->n);
-            schedule_retry(g, true);
-        } else {
-            group_fail(g, ERR_NOTLEADER);
-        }
-        return;
-    }
-    crash_stop("raft_apply", status);
-}
-
-static void barrier_cb(struct raft_barrier *req, int status)
-{
-    struct group *g = req->data;
-    struct rsm *r = g->r;
-
-    r->inflight--;
-    if (status == 0) {
-        g->results[0].index = req->index;
-        group_complete(g);
-        return;
-    }
-    if (r->closing || status == RAFT_SHUTDOWN) {
-        group_fail(g, ERR_SHUTDOWN);
-        return;
-    }
-    if (retryable_raft(status)) {
-        if (g->kind == GROUP_BARRIER) {
-            schedule_retry(g, true);
-        } else {
-            group_fail(g, ERR_NOTLEADER);
-        }
-        return;
-    }
-    crash_stop("raft_barrier", status);
-}
-
-/* Append g on this (ready) leader. Returns 0, or ERR_NOTLEADER when raft
- * refused synchronously (e.g. a transfer is running), or another ERR_*. */
-static int group_apply(struct group *g)
-{
-    struct rsm *r = g->r;
-    struct raft_buffer buf;
-    int rv;
-
-    if (g->kind == GROUP_BARRIER || g->kind == GROUP_RBARRIER) {
-        g->barrier.data = g;
-        rv = raft_barrier(&r->raft, &g->barrier, barrier_cb);
-    } else {
-        buf.base = NULL;
-        buf.len = 0;
-        rv = rsm_entry_encode(g->cmds, g->n, stamp_now(r), &buf.base, &buf.len);
-        if (rv != 0) {
-            return rv;
-        }
-        if (buf.len > RSM__MAX_ENTRY) {
-            raft_free(buf.base);
-            return ERR_TOOBIG;
-        }
-        g->apply.data = g;
-        rv = raft_apply(&r->raft, &g->apply, &buf, 1, apply_cb);
-        if (rv != 0) {
-            raft_free(buf.base); /* still ours on error */
-        }
-    }
-    if (rv == RAFT_NOTLEADER || rv == RAFT_LEADERSHIPLOST) {
-        return ERR_NOTLEADER;
-    }
-    if (rv == RAFT_NOMEM) {
-        return ERR_NOMEM;
-    }
-    if (rv != 0) {
-        LOGW(MOD, "raft request refused: %s", raft_strerror(rv));
-        return ERR_IO;
-    }
-    g->state = GS_APPLYING;
-    r->inflight++;
-    return 0;
-}
-
-/* ---------------------------------------------------------------------- */
-/* Follower path                                                          */
-/* ---------------------------------------------------------------------- */
-
-static void forward_done_cb(void *req,
-                            int rv,
-                            const struct rsm_result *results,
-                            unsigned n)
-{
-    struct group *g = req;
-    struct rsm *r = g->r;
-    uint64_t max_index = 0;
-    unsigned want;
-    unsigned i;
-
-    if (r == NULL) { /* detached by rsm_close */
-        group_free(g);
-        return;
-    }
-    if (g->state != GS_FWD_INFLIGHT) {
-        LOGW(MOD, "forward answered twice: ignored");
-        return;
-    }
-    if (rv == ERR_NOTLEADER || rv == ERR_UNAVAILABLE || rv == ERR_SHUTDOWN ||
-        rv == ERR_IO || rv == ERR_TIMEOUT || rv == ERR_BUSY) {
-        schedule_retry(g, false);
-        return;
-    }
-    if (rv != 0) {
-        group_fail(g, rv);
-        return;
-    }
-    want = g->kind == GROUP_BARRIER ? 1 : g->n;
-    if (n != want || results == NULL) {
-        LOGW(MOD, "forward: leader answered %u results for %u", n, want);
-        group_fail(g, ERR_MALFORMED);
-        return;
-    }
-    for (i = 0; i < n; i++) {
-        g->results[i] = results[i];
-        if (results[i].index > max_index) {
-            max_index = results[i].index;
-        }
-    }
-    g->wait_index = max_index;
-    g->state = GS_WAITING; /* completed from the check handle */
-    /* A node cut off after the leader answered never catches up: give up
-     * (outcome known to the leader, unknown here; retry is idempotent). */
-    g->deadline = time_mono_ms() + r->cfg.forward_timeout_ms;
-}
-
-static void group_forward(struct group *g)
-{
-    struct rsm *r = g->r;
-    uint64_t leader = leader_of(r);
-    int rv;
-
-    if (leader == 0 || leader == r->cfg.id || r->cfg.forward == NULL) {
-        schedule_retry(g, false); /* no leader yet, or we are it */
-        return;
-    }
-    if (g->fwd_buf == NULL) {
-        rv = rsm_entry_encode(g->cmds, g->n, 0, &g->fwd_buf, &g->fwd_len);
-        if (rv != 0) {
-            g->fwd_buf = NULL;
-            group_fail(g, rv);
-            return;
-        }
-    }
-    g->state = GS_FWD_INFLIGHT;
-    rv = r->cfg.forward(r, leader, g->fwd_buf, g->fwd_len, forward_done_cb, g,
-                        r->cfg.ud);
-    if (rv != 0) {
-        /* done is not called when the hook fails to start. */
-        schedule_retry(g, false);
-    }
-}
-
-/* Send g on its way: apply on a ready leader, forward otherwise. */
-static void group_start(struct group *g)
-{
-    struct rsm *r = g->r;
-    int rv;
-
-    if (r->closing) {
-        group_fail(g, ERR_SHUTDOWN);
-        return;
-    }
-    if (rsm_is_leader(r)) {
-        if (r->inflight >= RSM__MAX_INFLIGHT) {
-            schedule_retry(g, false);
-            return;
-        }
-        rv = group_apply(g);
-        if (rv == 0) {
-            return;
-        }
-        if (rv != ERR_NOTLEADER) {
-            group_fail(g, rv);
-            return;
-        }
-        schedule_retry(g, false);
-        return;
-    }
-    if (g->kind == GROUP_REMOTE || g->kind == GROUP_RBARRIER) {
-        group_fail(g, ERR_NOTLEADER);
-        return;
-    }
-    if (is_leader_now(r)) {
-        schedule_retry(g, false); /* leader barrier still pending */
-        return;
-    }
-    group_forward(g);
-}
-
-static struct group *group_new(struct rsm *r, enum group_kind kind, unsigned n)
-{
-    struct group *g = calloc(1, sizeof *g);
-    unsigned nres = n > 0 ? n : 1;
-    if (g == NULL) {
-        return NULL;
-    }
-    g->r = r;
-    g->kind = kind;
-    g->n = n;
-    g->results = calloc(nres, sizeof *g->results);
-    if (g->results == NULL) {
-        free(g);
-        return NULL;
-    }
-    if (kind == GROUP_LOCAL) {
-        g->who = calloc(nres, sizeof *g->who);
-        if (g->who == NULL) {
-            free(g->results);
-            free(g);
-            return NULL;
-        }
-    }
-    g->deadline = time_mono_ms() + r->cfg.forward_timeout_ms;
-    list_insert(r, g);
-    return g;
-}
-
-/* Move up to RSM__MAX_BATCH queued proposals into one group. */
-static struct group *take_batch(struct rsm *r)
-{
-    unsigned n = r->q_len < RSM__MAX_BATCH ? r->q_len : RSM__MAX_BATCH;
-    struct group *g;
-    unsigned i;
-
-    g = group_new(r, GROUP_LOCAL, n);
-    if (g == NULL) {
-        return NULL;
-    }
-    g->cmds = calloc(n, sizeof *g->cmds);
-    if (g->cmds == NULL) {
-        group_free(g);
-        return NULL;
-    }
-    for (i = 0; i < n; i++) {
-        struct prop *p = r->q_head;
-        r->q_head = p->next;
-        r->q_len--;
-        g->cmds[i] = p->cmd; /* moves the owned pointers */
-        g->who[i].cb = p->cb;
-        g->who[i].data = p->data;
-        free(p);
-    }
-    if (r->q_head == NULL) {
-        r->q_tail = NULL;
-    }
-    return g;
-}
-
-static void fail_queue(struct rsm *r, int rv)
-{
-    while (r->q_head != NULL) {
-        struct prop *p = r->q_head;
-        r->q_head = p->next;
-        rsm_cmd_clear(&p->cmd);
-        if (p->cb != NULL) {
-            p->cb(p->data, rv, NULL);
-        }
-        free(p);
-    }
-    r->q_tail = NULL;
-    r->q_len = 0;
-}
-
-/* Move the second half of g's commands into a new group. */
-static struct group *group_split(struct group *g)
-{
-    unsigned keep = g->n / 2;
-    unsigned move = g->n - keep;
-    struct group *g2 = group_new(g->r, GROUP_LOCAL, move);
-    if (g2 == NULL) {
-        return NULL;
-    }
-    g2->cmds = calloc(move, sizeof *g2->cmds);
-    if (g2->cmds == NULL) {
-        group_free(g2);
-        return NULL;
-    }
-    memcpy(g2->cmds, g->cmds + keep, move * sizeof *g2->cmds);
-    memcpy(g2->who, g->who + keep, move * sizeof *g2->who);
-    g2->deadline = g->deadline;
-    g->n = keep; /* the moved commands now belong to g2 */
-    return g2;
-}
-
-/* Keep every entry (and forward) under RSM__MAX_ENTRY (RISKS row 9):
- * encode once (this is also the forwarding buffer), halve while too big;
- * a single command that is too big fails with ERR_TOOBIG. The margin
- * covers the leader's time stamp, re-encoded per command. */
-static void start_sized(struct group *g)
-{
-    size_t limit = RSM__MAX_ENTRY - 16 * RSM__MAX_BATCH;
-    struct group *g2;
-    int rv;
-
-    rv = rsm_entry_encode(g->cmds, g->n, 0, &g->fwd_buf, &g->fwd_len);
-    if (rv != 0) {
-        g->fwd_buf = NULL;
-        group_fail(g, rv);
-        return;
-    }
-    if (g->fwd_len <= limit) {
-        group_start(g);
-        return;
-    }
-    raft_free(g->fwd_buf);
-    g->fwd_buf = NULL;
-    if (g->n == 1) {
-        group_fail(g, ERR_TOOBIG);
-        return;
-    }
-    g2 = group_split(g);
-    if (g2 == NULL) {
-        group_fail(g, ERR_NOMEM);
-        return;
-    }
-    start_sized(g);
-    start_sized(g2);
-}
-
-/* uv_prepare: once per loop iteration, flush the queue. */
-static void prepare_cb(uv_prepare_t *h)
-{
-    struct rsm *r = h->data;
-    while (r->q_len > 0 && !r->closing) {
-        struct group *g = take_batch(r);
-        if (g == NULL) {
-            LOGE(MOD, "out of memory batching proposals");
-            fail_queue(r, ERR_NOMEM);
-            return;
-        }
-        start_sized(g);
-    }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -830,7 +218,7 @@ static void lbarrier_cb(struct raft_barrier *req, int status)
         }
     } else if (!(r->closing || status == RAFT_SHUTDOWN ||
                  retryable_raft(status))) {
-        crash_stop("leader barrier", status);
+        rsm__crash_stop("leader barrier", status);
     }
     free(lb);
 }
@@ -892,62 +280,6 @@ static void poll_role(struct rsm *r)
     }
 }
 
-/* Waiters, forward retries and deadlines. */
-static void service_groups(struct rsm *r)
-{
-    uint64_t now = time_mono_ms();
-    uint64_t applied = rsm_last_applied(r);
-    bool pending = false;
-    struct group *g = r->groups.next;
-
-    while (g != &r->groups && !r->closing) {
-        struct group *next = g->next;
-        switch (g->state) {
-            case GS_WAITING:
-                if (applied >= g->wait_index) {
-                    group_complete(g);
-                } else if (now >= g->deadline) {
-                    LOGW(MOD,
-                         "index %" PRIu64
-                         " not applied locally within "
-                         "%u ms",
-                         g->wait_index, r->cfg.forward_timeout_ms);
-                    group_fail(g, ERR_UNAVAILABLE);
-                }
-                break;
-            case GS_FWD_PENDING:
-                if (now >= g->deadline) {
-                    LOGW(MOD, "no leader answered within %u ms",
-                         r->cfg.forward_timeout_ms);
-                    group_fail(g, ERR_UNAVAILABLE);
-                } else if (now >= g->retry_at) {
-                    group_start(g);
-                    pending = pending || g->state == GS_FWD_PENDING;
-                } else {
-                    pending = true;
-                }
-                break;
-            default:
-                break;
-        }
-        /* group_start may have freed g or queued new groups at the tail:
-         * continue from the saved successor. */
-        g = next;
-    }
-    if (!pending) {
-        /* Re-check: a group may have been rescheduled by a callback. */
-        for (g = r->groups.next; g != &r->groups; g = g->next) {
-            if (g->state == GS_FWD_PENDING) {
-                pending = true;
-                break;
-            }
-        }
-    }
-    if (!pending && uv_is_active((uv_handle_t *)&r->retry_timer)) {
-        uv_timer_stop(&r->retry_timer);
-    }
-}
-
 static void check_cb(uv_check_t *h)
 {
     struct rsm *r = h->data;
@@ -957,12 +289,7 @@ static void check_cb(uv_check_t *h)
     if (r->raft_started) {
         poll_role(r);
     }
-    service_groups(r);
-}
-
-static void retry_timer_cb(uv_timer_t *h)
-{
-    UNUSED(h); /* only wakes the loop; the check handle does the work */
+    rsm__service_groups(r);
 }
 
 static void members_timer_cb(uv_timer_t *h)
@@ -1157,6 +484,9 @@ int rsm_start(struct rsm *r, char *errmsg)
     }
     r->raft.data = r;
     r->raft_inited = true;
+    /* raft_init set io->data = &r->raft; interpose on close (row 15). */
+    r->io_close_orig = r->io.close;
+    r->io.close = io_close_wrap;
     raft_set_election_timeout(&r->raft, r->cfg.election_ms);
     raft_set_heartbeat_timeout(&r->raft, r->cfg.heartbeat_ms);
     raft_set_pre_vote(&r->raft, true);
@@ -1164,7 +494,7 @@ int rsm_start(struct rsm *r, char *errmsg)
     raft_set_snapshot_trailing(&r->raft, r->cfg.snapshot_trailing);
 
     uv_check_start(&r->check, check_cb);
-    uv_prepare_start(&r->prepare, prepare_cb);
+    uv_prepare_start(&r->prepare, rsm__prepare_cb);
 
     /* Bootstrap rule: raft_bootstrap must run before raft_start in 0.15.
      * A dir with state starts at once; an empty one waits for
@@ -1255,120 +585,6 @@ int rsm_join(struct rsm *r)
 }
 
 /* ---------------------------------------------------------------------- */
-/* Proposals                                                              */
-/* ---------------------------------------------------------------------- */
-
-int rsm_propose(struct rsm *r,
-                struct rsm_cmd *cmd,
-                rsm_propose_cb cb,
-                void *data)
-{
-    struct prop *p;
-
-    if (r->closing) {
-        rsm_cmd_clear(cmd);
-        return ERR_SHUTDOWN;
-    }
-    p = calloc(1, sizeof *p);
-    if (p == NULL) {
-        rsm_cmd_clear(cmd);
-        return ERR_NOMEM;
-    }
-    p->cmd = *cmd;
-    memset(cmd, 0, sizeof *cmd); /* ownership moved */
-    if (p->cmd.idem_key[0] == '\0') {
-        /* Forwarding may retry a command whose first attempt committed
-         * (LEADERSHIPLOST: outcome unknown). A unique key per proposal
-         * (node id, boot time, counter) lets the FSM apply it once. */
-        snprintf(p->cmd.idem_key, sizeof p->cmd.idem_key,
-                 "~%" PRIx64 ".%" PRIx64 ".%" PRIu64, r->cfg.id, r->boot_ms,
-                 ++r->idem_counter);
-    }
-    p->cb = cb;
-    p->data = data;
-    if (r->q_tail != NULL) {
-        r->q_tail->next = p;
-    } else {
-        r->q_head = p;
-    }
-    r->q_tail = p;
-    r->q_len++;
-    return 0;
-}
-
-int rsm_propose_encoded(struct rsm *r,
-                        const void *buf,
-                        size_t len,
-                        rsm_forward_done done,
-                        void *req)
-{
-    char errmsg[ERRMSG_SIZE] = "";
-    struct rsm_cmd *cmds = NULL;
-    unsigned n = 0;
-    struct group *g;
-    int rv;
-
-    if (r->closing) {
-        return ERR_SHUTDOWN;
-    }
-    if (!rsm_is_leader(r)) {
-        return ERR_NOTLEADER;
-    }
-    if (r->inflight >= RSM__MAX_INFLIGHT) {
-        return ERR_BUSY;
-    }
-    if (len > RSM__MAX_ENTRY) {
-        return ERR_TOOBIG;
-    }
-    rv = rsm_entry_decode(buf, len, &cmds, &n, errmsg);
-    if (rv != 0) {
-        LOGW(MOD, "forwarded batch rejected: %s", errmsg);
-        return rv;
-    }
-    if (n > RSM__MAX_BATCH) {
-        rsm_cmds_free(cmds, n);
-        return ERR_TOOBIG;
-    }
-    g = group_new(r, n == 0 ? GROUP_RBARRIER : GROUP_REMOTE, n);
-    if (g == NULL) {
-        rsm_cmds_free(cmds, n);
-        return ERR_NOMEM;
-    }
-    g->cmds = cmds;
-    g->done = done;
-    g->req = req;
-    rv = group_apply(g);
-    if (rv != 0) {
-        g->done = NULL; /* refused synchronously: no callback */
-        group_free(g);
-        return rv;
-    }
-    return 0;
-}
-
-int rsm_barrier(struct rsm *r, rsm_barrier_cb cb, void *data)
-{
-    struct group *g;
-
-    if (r->closing) {
-        return ERR_SHUTDOWN;
-    }
-    g = group_new(r, GROUP_BARRIER, 0);
-    if (g == NULL) {
-        return ERR_NOMEM;
-    }
-    g->bcb = cb;
-    g->bdata = data;
-    /* Started from the loop (never inside a raft callback; RISKS 14). */
-    g->retry_at = 0;
-    g->state = GS_FWD_PENDING;
-    if (!uv_is_active((uv_handle_t *)&r->retry_timer)) {
-        uv_timer_start(&r->retry_timer, retry_timer_cb, 0, RETRY_MS);
-    }
-    return 0;
-}
-
-/* ---------------------------------------------------------------------- */
 /* Accessors                                                              */
 /* ---------------------------------------------------------------------- */
 
@@ -1376,7 +592,7 @@ bool rsm_is_leader(const struct rsm *r)
 {
     /* Same term as the applied barrier: a leader that stepped down and won
      * again before the next poll is not ready yet. */
-    return r->ready && is_leader_now(r) &&
+    return r->ready && rsm__is_leader_now(r) &&
            r->raft.current_term == r->leader_term;
 }
 
@@ -1492,11 +708,60 @@ static void close_handles(struct rsm *r)
     uv_close((uv_handle_t *)&r->members_timer, handle_closed_cb);
 }
 
-/* Idempotent: 0.15 may run the close callback twice (RISKS row 15). */
+/* RISKS row 15 (#341): raft_uv 0.15 fires its close callback from
+ * uvMaybeFireCloseCb every time its "nothing pending" test passes, and
+ * segment writers, prepared segments and TCP connections that are still
+ * closing call it again afterwards. Each extra fire would run libraft's
+ * ioCloseCb again (double free of raft->address) and, once raft_uv_close
+ * freed the uv struct, read freed memory (seen as a SEGV after closing
+ * right after a burst of writes). So rsm interposes on io->close: the
+ * first fire is passed to libraft, later ones only update io_last_fire,
+ * and the uv structs are freed only after no fire came for SETTLE_MS. */
+#define SETTLE_MS 50
+
+static void io_fired_cb(struct raft_io *io)
+{
+    struct raft *raft = io->data;
+    struct rsm *r = raft->data;
+
+    r->io_last_fire = time_mono_ms();
+    if (r->io_fired) {
+        LOGD(MOD, "raft_uv close callback fired again: ignored");
+        return;
+    }
+    r->io_fired = true;
+    r->io_close_raft_cb(io);
+}
+
+static void io_close_wrap(struct raft_io *io, raft_io_close_cb cb)
+{
+    struct raft *raft = io->data;
+    struct rsm *r = raft->data;
+    r->io_close_raft_cb = cb;
+    r->io_close_orig(io, io_fired_cb);
+}
+
+static void finish_close(struct rsm *r)
+{
+    raft_uv_close(&r->io);
+    raft_uv_tcp_close(&r->transport);
+    close_handles(r);
+}
+
+static void settle_cb(uv_timer_t *h)
+{
+    struct rsm *r = h->data;
+    if (time_mono_ms() - r->io_last_fire < SETTLE_MS) {
+        return;
+    }
+    uv_timer_stop(h);
+    finish_close(r);
+}
+
+/* Idempotent (RISKS row 15). */
 static void raft_closed_cb(struct raft *raft)
 {
     struct rsm *r = raft->data;
-    struct group *g;
 
     if (r->raft_closed) {
         return;
@@ -1504,19 +769,12 @@ static void raft_closed_cb(struct raft *raft)
     r->raft_closed = true;
     /* raft failed every pending request during raft_close; anything left
      * is failed here (defensive: raft will not call it any more). */
-    while ((g = r->groups.next) != &r->groups) {
-        group_fail(g, ERR_SHUTDOWN);
-    }
-    raft_uv_close(&r->io);
-    raft_uv_tcp_close(&r->transport);
-    close_handles(r);
+    rsm__groups_fail_all(r);
+    uv_timer_start(&r->retry_timer, settle_cb, 10, 10);
 }
 
 void rsm_close(struct rsm *r, rsm_close_cb cb, void *data)
 {
-    struct group *g;
-    struct group *next;
-
     if (r->closing) {
         return;
     }
@@ -1524,22 +782,7 @@ void rsm_close(struct rsm *r, rsm_close_cb cb, void *data)
     r->ready = false;
     r->close_cb = cb;
     r->close_data = data;
-    fail_queue(r, ERR_SHUTDOWN);
-    for (g = r->groups.next; g != &r->groups; g = next) {
-        next = g->next;
-        if (g->state == GS_APPLYING) {
-            continue; /* raft_close fails it through its callback */
-        }
-        if (g->state == GS_FWD_INFLIGHT) {
-            /* The hook still holds g: answer the waiters now and free g
-             * when the hook's done arrives. */
-            group_fail_waiters(g, ERR_SHUTDOWN);
-            list_remove(g);
-            g->r = NULL;
-            continue;
-        }
-        group_fail(g, ERR_SHUTDOWN);
-    }
+    rsm__groups_shutdown(r);
     uv_check_stop(&r->check);
     uv_prepare_stop(&r->prepare);
     uv_timer_stop(&r->retry_timer);

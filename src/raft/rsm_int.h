@@ -217,6 +217,123 @@ struct rsm__members *rsm__members(struct rsm *r);
 bool rsm__ready(const struct rsm *r); /* leader, barrier done, not closing */
 void rsm__kick_members(struct rsm *r, unsigned delay_ms);
 uint64_t rsm__self_id(const struct rsm *r);
+/* One queued proposal, waiting for the next flush. */
+struct rsm__prop
+{
+    struct rsm_cmd cmd; /* owned */
+    rsm_propose_cb cb;
+    void *data;
+    struct rsm__prop *next;
+};
+
+/* Who waits for one command of a local group. */
+struct rsm__waiter
+{
+    rsm_propose_cb cb;
+    void *data;
+};
+
+enum rsm__group_kind {
+    RSM__GROUP_LOCAL = 0, /* proposals of this node (rsm_propose) */
+    RSM__GROUP_REMOTE,    /* leader side of a forwarded batch */
+    RSM__GROUP_BARRIER,   /* rsm_barrier of this node */
+    RSM__GROUP_RBARRIER   /* leader side of a forwarded barrier (empty batch) */
+};
+
+enum rsm__group_state {
+    RSM__GS_NEW = 0,
+    RSM__GS_APPLYING,    /* raft_apply / raft_barrier in flight on the leader */
+    RSM__GS_FWD_PENDING, /* waiting for a leader / backoff before (re)forward */
+    RSM__GS_FWD_INFLIGHT,
+    RSM__GS_WAITING /* result known, waiting for local last_applied */
+};
+
+/* A batch of commands that travels as one raft entry or one forward. */
+struct rsm__group
+{
+    struct rsm *r; /* NULL once detached by rsm_close */
+    enum rsm__group_kind kind;
+    enum rsm__group_state state;
+    struct rsm_cmd *cmds; /* owned, n entries */
+    unsigned n;
+    struct rsm__waiter *who; /* owned, n entries (LOCAL) */
+    rsm_barrier_cb bcb;      /* BARRIER */
+    void *bdata;
+    rsm_forward_done done; /* REMOTE, RBARRIER */
+    void *req;
+    void *fwd_buf; /* raft_malloc'd encoded batch for forwarding */
+    size_t fwd_len;
+    struct raft_apply apply;
+    struct raft_barrier barrier;
+    struct rsm_result *results; /* owned, n entries (or 1 for barriers) */
+    uint64_t deadline;          /* monotonic ms: forwarding gives up */
+    uint64_t retry_at;
+    uint64_t wait_index;
+    struct rsm__group *prev, *next;
+};
+
+/* The runtime instance (rsm.c lifecycle and roles, rsm_propose.c
+ * proposals, rsm_members.c voters). Loop thread only. */
+struct rsm
+{
+    uv_loop_t *loop; /* borrowed */
+    struct rsm_config cfg;
+    char addr[ADDR_STRLEN];
+    struct rsm_fsm *core; /* owned */
+    struct rsm__adapter adapter;
+    struct raft_uv_transport transport;
+    struct raft_io io;
+    struct raft raft;
+    bool raft_inited, raft_started, disk_state;
+
+    uv_check_t check;
+    uv_prepare_t prepare;
+    uv_timer_t retry_timer;
+    uv_timer_t members_timer;
+    unsigned handles_open;
+
+    /* Role tracking (polled). */
+    int last_state;
+    uint64_t last_leader;
+    bool last_ready;
+    bool was_leader;
+    raft_term leader_term;
+    bool ready;             /* leader and its barrier applied */
+    bool need_lbarrier;     /* issue the leader barrier on next check */
+    bool lbarrier_inflight; /* one at a time */
+
+    /* Proposals. */
+    struct rsm__prop *q_head, *q_tail;
+    unsigned q_len;
+    struct rsm__group groups; /* sentinel of a circular list */
+    unsigned inflight;        /* raft_apply / raft_barrier in flight */
+    int64_t last_stamp;
+    uint64_t boot_ms;
+    uint64_t idem_counter;
+
+    struct rsm__members members;
+
+    bool closing, raft_closed;
+    rsm_close_cb close_cb;
+    void *close_data;
+
+    /* raft_io close guard (RISKS row 15), see io_close_wrap. */
+    void (*io_close_orig)(struct raft_io *io, raft_io_close_cb cb);
+    raft_io_close_cb io_close_raft_cb; /* libraft's own ioCloseCb */
+    bool io_fired;
+    uint64_t io_last_fire; /* monotonic ms of the last (stray) fire */
+};
+
+/* rsm.c, for rsm_propose.c. */
+void rsm__crash_stop(const char *what, int status); /* logs, abort() */
+bool rsm__is_leader_now(const struct rsm *r);       /* raft state only */
+
+/* rsm_propose.c, for rsm.c. */
+void rsm__prepare_cb(uv_prepare_t *h);    /* flush the proposal queue */
+void rsm__service_groups(struct rsm *r);  /* waiters, retries, deadlines */
+void rsm__groups_shutdown(struct rsm *r); /* rsm_close: fail pending work */
+void rsm__groups_fail_all(struct rsm *r); /* after raft_close */
+
 /* ===================== end of section runtime ======================== */
 
 #endif /* KILN_RSM_INT_H_ */
