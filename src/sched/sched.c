@@ -917,7 +917,7 @@ static void propose_renew(struct sched *s)
     struct rsm_cmd cmd;
     struct sched_prop *p;
 
-    if (s->renew_inflight >= SCHED_RENEW_INFLIGHT_MAX) {
+    if (s->renew_inflight >= SCHED_RENEW_INFLIGHT_MAX || s->hold_renewals) {
         return; /* earlier ones are still waiting for a leader */
     }
     p = prop_new(PROP_RENEW);
@@ -1576,6 +1576,14 @@ void sched_on_applied(struct sched *s,
         validate_all_runs(s);
     }
     request_scan(s);
+}
+
+void sched_test_hold_renewals(struct sched *s, bool hold)
+{
+    s->hold_renewals = hold;
+    if (!hold && s->started && !s->closing) {
+        propose_renew(s);
+    }
 }
 
 unsigned sched_running(const struct sched *s)

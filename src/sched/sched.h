@@ -102,6 +102,7 @@ struct sched
                                 no committed renewal yet */
     unsigned renew_inflight; /* renewals proposed, not yet answered */
     bool recovered;          /* restart recovery has run once */
+    bool hold_renewals;      /* test hook */
     uint64_t last_recovery;  /* mono ms of the last recovery pass */
 
     /* Local attempts, keyed by job seq. */
@@ -158,6 +159,10 @@ unsigned sched_running(const struct sched *s);
 /* True if this node may not start jobs now: no renewal committed within
  * lease - margin, or the executor reported the fence. */
 bool sched_is_fenced(const struct sched *s);
+
+/* Test hook: while hold is true no renewal is proposed (as if none could
+ * commit), so the fence deadline runs out; false resumes at once. */
+void sched_test_hold_renewals(struct sched *s, bool hold);
 
 /* Stop claiming and renewing, close the executor (it kills the running
  * jobs; each one is reported as lost once its process is dead), close the
