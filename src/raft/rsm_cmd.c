@@ -1,5 +1,6 @@
 /* Command codec: msgpack envelopes, entry batches padded to 8 bytes, and
  * strict validation of everything decoded. */
+#include <lz4.h>
 #include <raft.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,34 @@ int rsm_spec_copy(struct rsm_pipeline_spec *dst,
     return 0;
 }
 
+void rsm_job_spec_clear(struct rsm_job_spec *s)
+{
+    strv_clear(&s->argv);
+    kv_free(s->env, s->n_env);
+    kv_free(s->tags, s->n_tags);
+    memset(s, 0, sizeof *s);
+}
+
+int rsm_job_spec_copy(struct rsm_job_spec *dst, const struct rsm_job_spec *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->retries_max = src->retries_max;
+    dst->backoff_s = src->backoff_s;
+    dst->timeout_s = src->timeout_s;
+    dst->kind = src->kind;
+    dst->run = src->run;
+    memcpy(dst->pipeline, src->pipeline, sizeof dst->pipeline);
+    memcpy(dst->target, src->target, sizeof dst->target);
+    dst->scheduled_for_ms = src->scheduled_for_ms;
+    if (strv_copy(&dst->argv, &src->argv) != 0 ||
+        kv_copy(&dst->env, &dst->n_env, src->env, src->n_env) != 0 ||
+        kv_copy(&dst->tags, &dst->n_tags, src->tags, src->n_tags) != 0) {
+        rsm_job_spec_clear(dst);
+        return ERR_NOMEM;
+    }
+    return 0;
+}
+
 void rsm_cmd_init(struct rsm_cmd *c, uint8_t type)
 {
     memset(c, 0, sizeof *c);
@@ -155,6 +184,12 @@ void rsm_cmd_clear(struct rsm_cmd *c)
             break;
         case RSM_CMD_PIPELINE_UPDATE:
             rsm_spec_clear(&c->u.pipeline_update.spec);
+            break;
+        case RSM_CMD_JOB_SUBMIT:
+            rsm_job_spec_clear(&c->u.job_submit);
+            break;
+        case RSM_CMD_JOB_OUTPUT:
+            free(c->u.job_output.data);
             break;
         default:
             break;
@@ -350,6 +385,201 @@ static int spec_validate(const struct rsm_pipeline_spec *s, char *errmsg)
     return 0;
 }
 
+static int argv_validate(const struct rsm_strv *v, char *errmsg)
+{
+    if (v->n == 0 || v->n > RSM_ARGV_MAX || v->v == NULL) {
+        errmsg_printf(errmsg, "command: needs 1..%d arguments", RSM_ARGV_MAX);
+        return ERR_INVALID;
+    }
+    for (unsigned i = 0; i < v->n; i++) {
+        if (v->v[i] == NULL || strlen(v->v[i]) > RSM_ARG_MAX) {
+            errmsg_printf(errmsg, "command: argument %u too long", i);
+            return ERR_INVALID;
+        }
+    }
+    if (v->v[0][0] == '\0') {
+        errmsg_printf(errmsg, "command: empty program");
+        return ERR_INVALID;
+    }
+    return 0;
+}
+
+static int tags_validate(const struct rsm_kv *tags, unsigned n, char *errmsg)
+{
+    if (n > RSM_TAGS_MAX || (n > 0 && tags == NULL)) {
+        errmsg_printf(errmsg, "tags: at most %d", RSM_TAGS_MAX);
+        return ERR_INVALID;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const struct rsm_kv *kv = &tags[i];
+        if (kv->key == NULL || kv->value == NULL || !rsm__valid_name(kv->key) ||
+            strlen(kv->value) > TAG_VALUE_MAX || !printable(kv->value)) {
+            errmsg_printf(errmsg, "tags: invalid tag %u", i);
+            return ERR_INVALID;
+        }
+        for (unsigned j = 0; j < i; j++) {
+            if (strcmp(kv->key, tags[j].key) == 0) {
+                errmsg_printf(errmsg, "tags: duplicate key '%s'", kv->key);
+                return ERR_INVALID;
+            }
+        }
+    }
+    return 0;
+}
+
+static int env_validate(const struct rsm_kv *env, unsigned n, char *errmsg)
+{
+    if (n > RSM_ENV_MAX || (n > 0 && env == NULL)) {
+        errmsg_printf(errmsg, "env: at most %d", RSM_ENV_MAX);
+        return ERR_INVALID;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const struct rsm_kv *kv = &env[i];
+        if (kv->key == NULL || kv->value == NULL || !valid_env_key(kv->key) ||
+            strlen(kv->value) > RSM_ARG_MAX) {
+            errmsg_printf(errmsg, "env: invalid variable %u", i);
+            return ERR_INVALID;
+        }
+        for (unsigned j = 0; j < i; j++) {
+            if (strcmp(kv->key, env[j].key) == 0) {
+                errmsg_printf(errmsg, "env: duplicate key '%s'", kv->key);
+                return ERR_INVALID;
+            }
+        }
+    }
+    return 0;
+}
+
+static int job_spec_validate(const struct rsm_job_spec *s, char *errmsg)
+{
+    int rv = argv_validate(&s->argv, errmsg);
+    if (rv == 0) {
+        rv = env_validate(s->env, s->n_env, errmsg);
+    }
+    if (rv == 0) {
+        rv = tags_validate(s->tags, s->n_tags, errmsg);
+    }
+    if (rv != 0) {
+        return rv;
+    }
+    if (s->kind > RSM_KIND_SERVICE) {
+        errmsg_printf(errmsg, "kind: out of range");
+        return ERR_INVALID;
+    }
+    if (memchr(s->pipeline, '\0', sizeof s->pipeline) == NULL ||
+        (s->pipeline[0] != '\0' && !rsm__valid_name(s->pipeline))) {
+        errmsg_printf(errmsg, "pipeline: invalid pipeline name");
+        return ERR_INVALID;
+    }
+    if (memchr(s->target, '\0', sizeof s->target) == NULL ||
+        !printable(s->target)) {
+        errmsg_printf(errmsg, "target: invalid text");
+        return ERR_INVALID;
+    }
+    if (s->scheduled_for_ms < 0) {
+        errmsg_printf(errmsg, "scheduled_for: negative");
+        return ERR_INVALID;
+    }
+    return 0;
+}
+
+int rsm__chunk_check(const void *data, uint32_t len, uint32_t raw_len)
+{
+    char *out;
+    int n;
+    if (data == NULL || len == 0 || raw_len == 0 ||
+        raw_len > RSM_CHUNK_RAW_MAX ||
+        len > (uint32_t)LZ4_compressBound(RSM_CHUNK_RAW_MAX)) {
+        return ERR_MALFORMED;
+    }
+    out = malloc(raw_len);
+    if (out == NULL) {
+        return ERR_NOMEM;
+    }
+    n = LZ4_decompress_safe(data, out, (int)len, (int)raw_len);
+    free(out);
+    return n == (int)raw_len ? 0 : ERR_MALFORMED;
+}
+
+/* Structural rules of the job and lease commands (not the LZ4 payload). */
+static int job_cmd_validate(const struct rsm_cmd *c, char *errmsg)
+{
+    switch (c->type) {
+        case RSM_CMD_JOB_SUBMIT:
+            return job_spec_validate(&c->u.job_submit, errmsg);
+        case RSM_CMD_JOB_CLAIM:
+            if (c->u.job_claim.job == 0 || c->u.job_claim.node == 0 ||
+                c->u.job_claim.attempt == 0) {
+                errmsg_printf(errmsg, "job_claim: job, node, attempt >= 1");
+                return ERR_INVALID;
+            }
+            return 0;
+        case RSM_CMD_JOB_START:
+            if (c->u.job_start.job == 0 || c->u.job_start.epoch == 0) {
+                errmsg_printf(errmsg, "job_start: job, epoch >= 1");
+                return ERR_INVALID;
+            }
+            return 0;
+        case RSM_CMD_JOB_OUTPUT:
+            if (c->u.job_output.job == 0 || c->u.job_output.epoch == 0 ||
+                c->u.job_output.seq == 0) {
+                errmsg_printf(errmsg, "job_output: job, epoch, seq >= 1");
+                return ERR_INVALID;
+            }
+            if (c->u.job_output.stream > RSM_STREAM_KILN) {
+                errmsg_printf(errmsg, "job_output: bad stream");
+                return ERR_INVALID;
+            }
+            if (c->u.job_output.raw_len == 0 ||
+                c->u.job_output.raw_len > RSM_CHUNK_RAW_MAX ||
+                c->u.job_output.len == 0 || c->u.job_output.data == NULL ||
+                c->u.job_output.len >
+                    (uint32_t)LZ4_compressBound(RSM_CHUNK_RAW_MAX)) {
+                errmsg_printf(errmsg, "job_output: bad chunk size");
+                return ERR_INVALID;
+            }
+            return 0;
+        case RSM_CMD_JOB_FINISH:
+            if (c->u.job_finish.job == 0 || c->u.job_finish.epoch == 0) {
+                errmsg_printf(errmsg, "job_finish: job, epoch >= 1");
+                return ERR_INVALID;
+            }
+            if (c->u.job_finish.end == RSM_END_NONE ||
+                c->u.job_finish.end >= RSM_END__COUNT ||
+                c->u.job_finish.exit_code < 0 ||
+                c->u.job_finish.exit_code > 255 || c->u.job_finish.signal < 0 ||
+                c->u.job_finish.signal > 255) {
+                errmsg_printf(errmsg, "job_finish: bad end or signal");
+                return ERR_INVALID;
+            }
+            return 0;
+        case RSM_CMD_JOB_CANCEL:
+            if (c->u.job_cancel.job == 0) {
+                errmsg_printf(errmsg, "job_cancel: job >= 1");
+                return ERR_INVALID;
+            }
+            return 0;
+        case RSM_CMD_NODE_RENEW:
+            if (c->u.node_renew.node == 0 ||
+                c->u.node_renew.lease_ms < RSM_LEASE_MIN_MS ||
+                c->u.node_renew.lease_ms > RSM_LEASE_MAX_MS) {
+                errmsg_printf(errmsg, "node_renew: node >= 1, lease %d..%d ms",
+                              RSM_LEASE_MIN_MS, RSM_LEASE_MAX_MS);
+                return ERR_INVALID;
+            }
+            return 0;
+        case RSM_CMD_NODE_EXPIRE:
+            if (c->u.node_expire.node == 0) {
+                errmsg_printf(errmsg, "node_expire: node >= 1");
+                return ERR_INVALID;
+            }
+            return 0;
+        default:
+            errmsg_printf(errmsg, "unknown command type %u", (unsigned)c->type);
+            return ERR_INVALID;
+    }
+}
+
 static int member_validate(const struct rsm_member *m, char *errmsg)
 {
     if (m->id == 0) {
@@ -404,9 +634,22 @@ int rsm_cmd_validate(const struct rsm_cmd *c, char *errmsg)
                 return ERR_INVALID;
             }
             return 0;
+        case RSM_CMD_JOB_OUTPUT: {
+            int rv = job_cmd_validate(c, errmsg);
+            if (rv == 0) {
+                rv = rsm__chunk_check(c->u.job_output.data, c->u.job_output.len,
+                                      c->u.job_output.raw_len);
+                if (rv == ERR_MALFORMED) {
+                    errmsg_printf(errmsg,
+                                  "job_output: LZ4 block does not "
+                                  "decompress to raw_len bytes");
+                    rv = ERR_INVALID;
+                }
+            }
+            return rv;
+        }
         default:
-            errmsg_printf(errmsg, "unknown command type %u", (unsigned)c->type);
-            return ERR_INVALID;
+            return job_cmd_validate(c, errmsg);
     }
 }
 
@@ -492,6 +735,26 @@ int rsm__member_pack(const struct rsm_member *m, msgpack_packer *pk)
     return 0;
 }
 
+#define JOB_SPEC_FIELDS 11
+
+int rsm__job_spec_pack(const struct rsm_job_spec *s, msgpack_packer *pk)
+{
+    if (msgpack_pack_array(pk, JOB_SPEC_FIELDS) != 0 ||
+        pack_strv(pk, &s->argv) != 0 || pack_kvs(pk, s->env, s->n_env) != 0 ||
+        pack_kvs(pk, s->tags, s->n_tags) != 0 ||
+        msgpack_pack_uint32(pk, s->retries_max) != 0 ||
+        msgpack_pack_uint32(pk, s->backoff_s) != 0 ||
+        msgpack_pack_uint32(pk, s->timeout_s) != 0 ||
+        msgpack_pack_uint8(pk, s->kind) != 0 ||
+        msgpack_pack_uint64(pk, s->run) != 0 ||
+        rsm__pack_str(pk, s->pipeline) != 0 ||
+        rsm__pack_str(pk, s->target) != 0 ||
+        msgpack_pack_int64(pk, s->scheduled_for_ms) != 0) {
+        return ERR_NOMEM;
+    }
+    return 0;
+}
+
 /* Fields after the envelope head, per type. */
 static unsigned cmd_fields(unsigned type)
 {
@@ -506,6 +769,22 @@ static unsigned cmd_fields(unsigned type)
             return 2; /* [spec, expect_version] */
         case RSM_CMD_PIPELINE_DELETE:
             return 1; /* [name] */
+        case RSM_CMD_JOB_SUBMIT:
+            return 1; /* [job_spec] */
+        case RSM_CMD_JOB_CLAIM:
+            return 3; /* [job, node, attempt] */
+        case RSM_CMD_JOB_START:
+            return 2; /* [job, epoch] */
+        case RSM_CMD_JOB_OUTPUT:
+            return 6; /* [job, epoch, seq, stream, raw_len, data] */
+        case RSM_CMD_JOB_FINISH:
+            return 5; /* [job, epoch, end, exit_code, signal] */
+        case RSM_CMD_JOB_CANCEL:
+            return 1; /* [job] */
+        case RSM_CMD_NODE_RENEW:
+            return 2; /* [node, lease_ms] */
+        case RSM_CMD_NODE_EXPIRE:
+            return 1; /* [node] */
         default:
             return 0;
     }
@@ -542,6 +821,63 @@ static int cmd_pack_time(const struct rsm_cmd *c,
             break;
         case RSM_CMD_PIPELINE_DELETE:
             rv = rsm__pack_str(pk, c->u.pipeline_delete.name);
+            break;
+        case RSM_CMD_JOB_SUBMIT:
+            rv = rsm__job_spec_pack(&c->u.job_submit, pk);
+            break;
+        case RSM_CMD_JOB_CLAIM:
+            if (msgpack_pack_uint64(pk, c->u.job_claim.job) != 0 ||
+                msgpack_pack_uint64(pk, c->u.job_claim.node) != 0 ||
+                msgpack_pack_uint32(pk, c->u.job_claim.attempt) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_JOB_START:
+            if (msgpack_pack_uint64(pk, c->u.job_start.job) != 0 ||
+                msgpack_pack_uint64(pk, c->u.job_start.epoch) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_JOB_OUTPUT:
+            if (c->u.job_output.len > 0 && c->u.job_output.data == NULL) {
+                return ERR_INVALID;
+            }
+            if (msgpack_pack_uint64(pk, c->u.job_output.job) != 0 ||
+                msgpack_pack_uint64(pk, c->u.job_output.epoch) != 0 ||
+                msgpack_pack_uint64(pk, c->u.job_output.seq) != 0 ||
+                msgpack_pack_uint8(pk, c->u.job_output.stream) != 0 ||
+                msgpack_pack_uint32(pk, c->u.job_output.raw_len) != 0 ||
+                msgpack_pack_bin(pk, c->u.job_output.len) != 0 ||
+                (c->u.job_output.len > 0 &&
+                 msgpack_pack_bin_body(pk, c->u.job_output.data,
+                                       c->u.job_output.len) != 0)) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_JOB_FINISH:
+            if (msgpack_pack_uint64(pk, c->u.job_finish.job) != 0 ||
+                msgpack_pack_uint64(pk, c->u.job_finish.epoch) != 0 ||
+                msgpack_pack_uint8(pk, c->u.job_finish.end) != 0 ||
+                msgpack_pack_int32(pk, c->u.job_finish.exit_code) != 0 ||
+                msgpack_pack_int32(pk, c->u.job_finish.signal) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_JOB_CANCEL:
+            if (msgpack_pack_uint64(pk, c->u.job_cancel.job) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_NODE_RENEW:
+            if (msgpack_pack_uint64(pk, c->u.node_renew.node) != 0 ||
+                msgpack_pack_uint32(pk, c->u.node_renew.lease_ms) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_NODE_EXPIRE:
+            if (msgpack_pack_uint64(pk, c->u.node_expire.node) != 0) {
+                rv = ERR_NOMEM;
+            }
             break;
         default:
             break;
@@ -583,6 +919,15 @@ static bool get_u32(const msgpack_object *o, uint32_t *out)
     }
     *out = (uint32_t)u;
     return true;
+}
+
+bool rsm__get_i32(const msgpack_object *o, int32_t *out)
+{
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT32_MAX) {
+        *out = (int32_t)o->via.u64;
+        return true;
+    }
+    return false; /* negative integers are malformed, as everywhere */
 }
 
 static bool get_u8(const msgpack_object *o, uint8_t max, uint8_t *out)
@@ -797,6 +1142,156 @@ int rsm__spec_unpack(const msgpack_object *o,
     return rv;
 }
 
+static int job_spec_parse(const msgpack_object *o,
+                          struct rsm_job_spec *s,
+                          char *errmsg)
+{
+    const msgpack_object *f;
+    int rv;
+    memset(s, 0, sizeof *s);
+    if (o->type != MSGPACK_OBJECT_ARRAY ||
+        o->via.array.size != JOB_SPEC_FIELDS) {
+        errmsg_printf(errmsg, "job spec: expected an array of %d fields",
+                      JOB_SPEC_FIELDS);
+        return ERR_MALFORMED;
+    }
+    f = o->via.array.ptr;
+    rv =
+        get_strv(&f[0], RSM_ARGV_MAX, RSM_ARG_MAX, &s->argv, "command", errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = get_kvs(&f[1], RSM_ENV_MAX, ENV_KEY_MAX, RSM_ARG_MAX, &s->env,
+                 &s->n_env, "env", errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = get_kvs(&f[2], RSM_TAGS_MAX, RSM_NAME_MAX, TAG_VALUE_MAX, &s->tags,
+                 &s->n_tags, "tags", errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+    if (!get_u32(&f[3], &s->retries_max) || !get_u32(&f[4], &s->backoff_s) ||
+        !get_u32(&f[5], &s->timeout_s)) {
+        errmsg_printf(errmsg, "retries/backoff/timeout: expected uint32");
+        return ERR_MALFORMED;
+    }
+    if (!get_u8(&f[6], RSM_KIND_SERVICE, &s->kind)) {
+        errmsg_printf(errmsg, "kind: out of range");
+        return ERR_MALFORMED;
+    }
+    if (!rsm__get_u64(&f[7], UINT64_MAX, &s->run) ||
+        !rsm__get_str(&f[8], RSM_NAME_MAX, s->pipeline) ||
+        !rsm__get_str(&f[9], TARGET_MAX, s->target) ||
+        !rsm__get_i64(&f[10], &s->scheduled_for_ms)) {
+        errmsg_printf(errmsg, "run/pipeline/target/scheduled_for: bad field");
+        return ERR_MALFORMED;
+    }
+    return 0;
+}
+
+int rsm__job_spec_unpack(const msgpack_object *o,
+                         struct rsm_job_spec *s,
+                         char *errmsg)
+{
+    int rv = job_spec_parse(o, s, errmsg);
+    if (rv == 0 && job_spec_validate(s, errmsg) != 0) {
+        rv = ERR_MALFORMED;
+    }
+    if (rv != 0) {
+        rsm_job_spec_clear(s);
+    }
+    return rv;
+}
+
+/* Decode the fields of a job or lease command (after the envelope). */
+static int job_cmd_parse(const msgpack_object *f,
+                         struct rsm_cmd *c,
+                         char *errmsg)
+{
+    const msgpack_object *d;
+    uint64_t u;
+    int rv;
+    switch (c->type) {
+        case RSM_CMD_JOB_SUBMIT:
+            return rsm__job_spec_unpack(&f[0], &c->u.job_submit, errmsg);
+        case RSM_CMD_JOB_CLAIM:
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.job_claim.job) ||
+                !rsm__get_u64(&f[1], UINT64_MAX, &c->u.job_claim.node) ||
+                !get_u32(&f[2], &c->u.job_claim.attempt)) {
+                break;
+            }
+            goto check;
+        case RSM_CMD_JOB_START:
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.job_start.job) ||
+                !rsm__get_u64(&f[1], UINT64_MAX, &c->u.job_start.epoch)) {
+                break;
+            }
+            goto check;
+        case RSM_CMD_JOB_OUTPUT:
+            d = &f[5];
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.job_output.job) ||
+                !rsm__get_u64(&f[1], UINT64_MAX, &c->u.job_output.epoch) ||
+                !rsm__get_u64(&f[2], UINT64_MAX, &c->u.job_output.seq) ||
+                !get_u8(&f[3], RSM_STREAM_KILN, &c->u.job_output.stream) ||
+                !get_u32(&f[4], &c->u.job_output.raw_len) ||
+                d->type != MSGPACK_OBJECT_BIN || d->via.bin.size == 0 ||
+                d->via.bin.size >
+                    (uint32_t)LZ4_compressBound(RSM_CHUNK_RAW_MAX)) {
+                break;
+            }
+            c->u.job_output.data = malloc(d->via.bin.size);
+            if (c->u.job_output.data == NULL) {
+                return ERR_NOMEM;
+            }
+            memcpy(c->u.job_output.data, d->via.bin.ptr, d->via.bin.size);
+            c->u.job_output.len = d->via.bin.size;
+            if (job_cmd_validate(c, errmsg) != 0) {
+                return ERR_MALFORMED;
+            }
+            rv = rsm__chunk_check(c->u.job_output.data, c->u.job_output.len,
+                                  c->u.job_output.raw_len);
+            if (rv == ERR_MALFORMED) {
+                errmsg_printf(errmsg,
+                              "job_output: LZ4 block does not "
+                              "decompress to raw_len bytes");
+            }
+            return rv;
+        case RSM_CMD_JOB_FINISH:
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.job_finish.job) ||
+                !rsm__get_u64(&f[1], UINT64_MAX, &c->u.job_finish.epoch) ||
+                !rsm__get_u64(&f[2], RSM_END__COUNT - 1, &u) ||
+                !rsm__get_i32(&f[3], &c->u.job_finish.exit_code) ||
+                !rsm__get_i32(&f[4], &c->u.job_finish.signal)) {
+                break;
+            }
+            c->u.job_finish.end = (uint8_t)u;
+            goto check;
+        case RSM_CMD_JOB_CANCEL:
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.job_cancel.job)) {
+                break;
+            }
+            goto check;
+        case RSM_CMD_NODE_RENEW:
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.node_renew.node) ||
+                !get_u32(&f[1], &c->u.node_renew.lease_ms)) {
+                break;
+            }
+            goto check;
+        case RSM_CMD_NODE_EXPIRE:
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.node_expire.node)) {
+                break;
+            }
+            goto check;
+        default:
+            return 0;
+    }
+    errmsg_printf(errmsg, "%s: bad field type or range", rsm_cmd_name(c->type));
+    return ERR_MALFORMED;
+check:
+    return job_cmd_validate(c, errmsg) != 0 ? ERR_MALFORMED : 0;
+}
+
 int rsm__member_unpack(const msgpack_object *o,
                        struct rsm_member *m,
                        char *errmsg)
@@ -902,7 +1397,7 @@ static int cmd_parse(const msgpack_object *o, struct rsm_cmd *c, char *errmsg)
             }
             return 0;
         default:
-            return 0;
+            return job_cmd_parse(f, c, errmsg);
     }
 }
 

@@ -90,6 +90,9 @@ void rsm__fsm_init(struct rsm_fsm *f)
     map_init(&f->members, MAP_U64);
     map_init(&f->pipelines, MAP_STR);
     map_init(&f->idem, MAP_STR);
+    map_init(&f->jobs, MAP_U64);
+    f->jobs_max_finished = RSM_JOBS_MAX_FINISHED;
+    f->jobs_max_age_ms = RSM_JOBS_MAX_AGE_MS;
 }
 
 static void pipeline_free(struct rsm_pipeline *p)
@@ -100,6 +103,9 @@ static void pipeline_free(struct rsm_pipeline *p)
 
 void rsm__fsm_clear(struct rsm_fsm *f)
 {
+    unsigned max_finished = f->jobs_max_finished;
+    int64_t max_age_ms = f->jobs_max_age_ms;
+    rsm__jobs_clear(f);
     for (unsigned i = 0; i < f->members_by_id.n; i++) {
         free(f->members_by_id.v[i]);
     }
@@ -116,6 +122,7 @@ void rsm__fsm_clear(struct rsm_fsm *f)
     rsm__vec_free(&f->pipelines_by_name);
     rsm__vec_free(&f->idem_order);
     rsm__fsm_init(f);
+    rsm__fsm_set_job_retention(f, max_finished, max_age_ms);
 }
 
 int rsm_fsm_create(struct rsm_fsm **out)
@@ -514,6 +521,15 @@ static int apply_cmd(struct rsm_fsm *f,
             return apply_pipeline_update(f, c, res);
         case RSM_CMD_PIPELINE_DELETE:
             return apply_pipeline_delete(f, c, res);
+        case RSM_CMD_JOB_SUBMIT:
+        case RSM_CMD_JOB_CLAIM:
+        case RSM_CMD_JOB_START:
+        case RSM_CMD_JOB_OUTPUT:
+        case RSM_CMD_JOB_FINISH:
+        case RSM_CMD_JOB_CANCEL:
+        case RSM_CMD_NODE_RENEW:
+        case RSM_CMD_NODE_EXPIRE:
+            return rsm__apply_job(f, c, res);
         default:
             result_set(res, ERR_MALFORMED, "unknown command type %u",
                        (unsigned)c->type);
@@ -640,11 +656,13 @@ int rsm_fsm_apply(struct rsm_fsm *f,
             if (rv != 0) {
                 goto out;
             }
+            rsm__jobs_retain(f); /* deterministic: state and FSM clock */
         }
         if (i < max) {
             *n_results = i + 1;
         }
     }
+    rsm__jobs_retain(f); /* the entry's time may have aged jobs out */
     f->last_index = index;
 out:
     msgpack_unpacked_destroy(&u);

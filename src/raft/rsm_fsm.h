@@ -164,12 +164,12 @@ struct rsm_job
     int64_t not_before_ms; /* FSM time before which no claim (retry_wait) */
     bool cancel_requested; /* set by CANCEL while claimed/running */
     uint8_t end;           /* enum rsm_job_end of the last attempt */
-    int32_t exit_code;
-    int32_t signal;
-    int64_t created_ms;  /* FSM clock values; 0 = not yet */
-    int64_t claimed_ms;  /* last grant */
-    int64_t started_ms;  /* last START */
-    int64_t finished_ms; /* terminal state reached */
+    int32_t exit_code;     /* 0..255, when end == exited */
+    int32_t signal;        /* 0..255, when end == signaled */
+    int64_t created_ms;    /* FSM clock values; 0 = not yet */
+    int64_t claimed_ms;    /* last grant */
+    int64_t started_ms;    /* last START */
+    int64_t finished_ms;   /* terminal state reached */
     /* Output bookkeeping (all attempts share one stream). */
     uint64_t out_bytes;  /* raw bytes received (offset of the next chunk) */
     uint64_t out_cut;    /* raw bytes dropped by the cap */
@@ -280,9 +280,9 @@ struct rsm_cmd
         {
             uint64_t job;
             uint64_t epoch;
-            uint8_t end; /* enum rsm_job_end, not none */
-            int32_t exit_code;
-            int32_t signal; /* 0..255 */
+            uint8_t end;       /* enum rsm_job_end, not none */
+            int32_t exit_code; /* 0..255 */
+            int32_t signal;    /* 0..255 */
         } job_finish;
         struct
         {

@@ -36,6 +36,23 @@ struct rsm__idem
     struct rsm_result result;
 };
 
+/* A job as stored: the public view plus its output chunks. The chunk array
+ * holds the head chunks in [0, n_head) and the tail chunks in
+ * [tail_start, n_chunk); the slots between are dropped chunks (a gap that
+ * is compacted when it grows). */
+struct rsm__job
+{
+    struct rsm_job job; /* first member: &rec->job is the public pointer */
+    struct rsm_chunk *chunks;
+    unsigned n_chunk; /* used slots, including the gap */
+    unsigned cap_chunk;
+    unsigned n_head;     /* chunks with offset < RSM_OUTPUT_HEAD_CAP */
+    unsigned tail_start; /* first live tail chunk */
+    uint64_t tail_bytes; /* raw bytes of the live tail chunks */
+    unsigned pos_all;    /* index in rsm_fsm.jobs_all */
+    unsigned pos_active; /* index in rsm_fsm.jobs_active while unfinished */
+};
+
 /* A growable vector of pointers kept sorted by the owner's order. */
 struct rsm__vec
 {
@@ -60,10 +77,25 @@ struct rsm_fsm
     struct rsm__vec idem_order; /* sorted by (time_ms, key): oldest first */
     unsigned idem_head;         /* idem_order.v[0..idem_head) are gone */
 
-    /* Room for the next issues: runs (by id), jobs (by id, u64 map per
-     * STACK.md pitfall 10), claims, output chunks. Add a map + sorted vector
-     * per table, its snapshot section after the idempotency keys, and its
-     * commands to RSM_CMD_MAP. */
+    /* Jobs (rsm_jobs.c). Seqs only grow, so both seq-ordered vectors
+     * append at the end; removals leave NULL holes that are compacted
+     * (updating rsm__job.pos_*) once they are half the vector. */
+    uint64_t job_seq;         /* last assigned j<N> */
+    struct map jobs;          /* seq -> struct rsm__job * (owned) */
+    struct rsm__vec jobs_all; /* every job by seq, with holes */
+    unsigned jobs_all_holes;
+    struct rsm__vec jobs_active; /* unfinished jobs by seq, with holes */
+    unsigned jobs_active_holes;
+    struct rsm__vec jobs_finished; /* by (finished_ms, seq): oldest first */
+    unsigned jobs_finished_head;   /* jobs_finished.v[0..head) are gone */
+    /* Retention bounds: RSM_JOBS_MAX_* unless a test lowered them with
+     * rsm__fsm_set_job_retention. Configuration, not replicated state. */
+    unsigned jobs_max_finished;
+    int64_t jobs_max_age_ms;
+
+    /* Room for the next issues: runs (by id). Add a map + sorted vector
+     * per table, its snapshot section after the jobs, and its commands to
+     * RSM_CMD_MAP. */
 };
 
 void rsm__fsm_init(struct rsm_fsm *f);
@@ -123,6 +155,44 @@ int rsm__entry_parse(const void *buf,
                      const msgpack_object **cmds,
                      unsigned *n,
                      char *errmsg);
+
+/* ---------------------------------------------------------------- jobs */
+
+/* Apply the job and lease commands (rsm_jobs.c). Same contract as the
+ * other handlers: 0 with a result (possibly a rejection) or ERR_NOMEM. */
+int rsm__apply_job(struct rsm_fsm *f,
+                   struct rsm_cmd *c,
+                   struct rsm_result *res);
+
+/* Delete finished jobs beyond the retention bounds (after each command). */
+void rsm__jobs_retain(struct rsm_fsm *f);
+
+/* Free every job (fsm clear). */
+void rsm__jobs_clear(struct rsm_fsm *f);
+
+/* Test hook: lower the retention bounds (every replica must use the same
+ * values: they shape the replicated state). Survives restore. */
+void rsm__fsm_set_job_retention(struct rsm_fsm *f,
+                                unsigned max_finished,
+                                int64_t max_age_ms);
+
+/* Snapshot section: [job_seq, [job...]] pieces (rsm_jobs.c). */
+int rsm__jobs_pack(const struct rsm_fsm *f, msgpack_packer *pk);
+int rsm__jobs_load(struct rsm_fsm *f,
+                   const msgpack_object *seq,
+                   const msgpack_object *jobs,
+                   char *errmsg);
+
+/* Job spec codec pieces (rsm_cmd.c). */
+int rsm__job_spec_pack(const struct rsm_job_spec *s, msgpack_packer *pk);
+int rsm__job_spec_unpack(const msgpack_object *o,
+                         struct rsm_job_spec *s,
+                         char *errmsg);
+bool rsm__get_i32(const msgpack_object *o, int32_t *out); /* 0..INT32_MAX */
+
+/* Check an LZ4 block decompresses to exactly raw_len bytes (deterministic;
+ * uses a scratch buffer). Returns 0, ERR_MALFORMED or ERR_NOMEM. */
+int rsm__chunk_check(const void *data, uint32_t len, uint32_t raw_len);
 
 /* ====================== end of section FSM core ======================= */
 

@@ -8,10 +8,11 @@
 #include "raft/rsm_int.h"
 #include "util.h"
 
-/* version, clock, last_index, members, pipelines, idem */
-#define SNAP_FIELDS 6
-#define PIPELINE_FIELDS 5 /* spec, version, created, updated, fire_cursor */
-#define IDEM_FIELDS 7     /* key, type, time, code, message, value, index */
+/* version, clock, last_index, members, pipelines, idem, job_seq, jobs */
+#define SNAP_FIELDS 8
+#define SNAP_FIELDS_NO_JOBS 6 /* written before jobs existed: no jobs */
+#define PIPELINE_FIELDS 5     /* spec, version, created, updated, fire_cursor */
+#define IDEM_FIELDS 7         /* key, type, time, code, message, value, index */
 
 static int pack_pipeline(const struct rsm_pipeline *p, msgpack_packer *pk)
 {
@@ -77,7 +78,7 @@ int rsm__snap_pack(const struct rsm_fsm *f, msgpack_sbuffer *sbuf)
             return ERR_NOMEM;
         }
     }
-    return 0;
+    return rsm__jobs_pack(f, &pk); /* job counter, jobs sorted by seq */
 }
 
 /* Fixed preferences: same input, same bytes (for a given liblz4). */
@@ -389,7 +390,8 @@ static int load(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
                       (unsigned long long)version, RSM_FORMAT_VERSION);
         return ERR_VERSION;
     }
-    if (o->via.array.size != SNAP_FIELDS) {
+    if (o->via.array.size != SNAP_FIELDS &&
+        o->via.array.size != SNAP_FIELDS_NO_JOBS) {
         errmsg_printf(errmsg, "snapshot: expected %d fields", SNAP_FIELDS);
         return ERR_MALFORMED;
     }
@@ -404,6 +406,9 @@ static int load(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
     }
     if (rv == 0) {
         rv = load_idem(f, &fl[5], errmsg);
+    }
+    if (rv == 0 && o->via.array.size == SNAP_FIELDS) {
+        rv = rsm__jobs_load(f, &fl[6], &fl[7], errmsg);
     }
     if (rv == ERR_MALFORMED) {
         errmsg_wrapf(errmsg, "snapshot");
@@ -422,6 +427,7 @@ int rsm_fsm_restore(struct rsm_fsm *f,
     size_t raw_len = 0;
     int rv;
     rsm__fsm_init(&tmp);
+    rsm__fsm_set_job_retention(&tmp, f->jobs_max_finished, f->jobs_max_age_ms);
     msgpack_unpacked_init(&u);
     if (buf == NULL || len == 0) {
         errmsg_printf(errmsg, "snapshot: empty");

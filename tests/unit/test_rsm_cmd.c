@@ -1,6 +1,7 @@
 /* Unit tests: the FSM command codec (round trips, padding, strict
  * rejection of bad input, fuzzing). */
 #include <criterion/criterion.h>
+#include <lz4.h>
 #include <raft.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,7 +139,36 @@ static void assert_cmd_eq(const struct rsm_cmd *a, const struct rsm_cmd *b)
             cr_assert_str_eq(a->u.pipeline_delete.name,
                              b->u.pipeline_delete.name);
             break;
-        default:
+        case RSM_CMD_JOB_SUBMIT: {
+            const struct rsm_job_spec *x = &a->u.job_submit;
+            const struct rsm_job_spec *y = &b->u.job_submit;
+            assert_strv_eq(&x->argv, &y->argv);
+            assert_kvs_eq(x->env, x->n_env, y->env, y->n_env);
+            assert_kvs_eq(x->tags, x->n_tags, y->tags, y->n_tags);
+            cr_assert_eq(x->retries_max, y->retries_max);
+            cr_assert_eq(x->backoff_s, y->backoff_s);
+            cr_assert_eq(x->timeout_s, y->timeout_s);
+            cr_assert_eq(x->kind, y->kind);
+            cr_assert_eq(x->run, y->run);
+            cr_assert_str_eq(x->pipeline, y->pipeline);
+            cr_assert_str_eq(x->target, y->target);
+            cr_assert_eq(x->scheduled_for_ms, y->scheduled_for_ms);
+            break;
+        }
+        case RSM_CMD_JOB_OUTPUT:
+            cr_assert_eq(a->u.job_output.job, b->u.job_output.job);
+            cr_assert_eq(a->u.job_output.epoch, b->u.job_output.epoch);
+            cr_assert_eq(a->u.job_output.seq, b->u.job_output.seq);
+            cr_assert_eq(a->u.job_output.stream, b->u.job_output.stream);
+            cr_assert_eq(a->u.job_output.raw_len, b->u.job_output.raw_len);
+            cr_assert_eq(a->u.job_output.len, b->u.job_output.len);
+            cr_assert_eq(memcmp(a->u.job_output.data, b->u.job_output.data,
+                                a->u.job_output.len),
+                         0);
+            break;
+        default: /* the other job and lease commands: plain integers */
+            cr_assert_eq(memcmp(&a->u, &b->u, sizeof a->u), 0, "%s",
+                         rsm_cmd_name(a->type));
             break;
     }
 }
@@ -165,6 +195,53 @@ static void sample_cmds(struct rsm_cmd c[RSM_CMD__COUNT])
     c[RSM_CMD_PIPELINE_UPDATE].u.pipeline_update.expect_version = 42;
     str_copy(c[RSM_CMD_PIPELINE_DELETE].u.pipeline_delete.name,
              RSM_NAME_MAX + 1, "old.one");
+    /* Job and lease commands (branch jobs). */
+    {
+        static const char *const jargv[] = {"/bin/echo", "hi", ""};
+        static const char raw[] = "hello, hello, hello, hello\n";
+        struct rsm_job_spec *js = &c[RSM_CMD_JOB_SUBMIT].u.job_submit;
+        int bound = LZ4_compressBound((int)sizeof raw);
+        char *z = malloc((size_t)bound);
+        strv_set(&js->argv, 3, jargv);
+        js->n_env = 1;
+        js->env = calloc(1, sizeof *js->env);
+        js->env[0].key = xstrdup("A_B");
+        js->env[0].value = xstrdup("1");
+        js->n_tags = 1;
+        js->tags = calloc(1, sizeof *js->tags);
+        js->tags[0].key = xstrdup("zone");
+        js->tags[0].value = xstrdup("eu-1");
+        js->retries_max = 2;
+        js->backoff_s = 5;
+        js->timeout_s = 60;
+        js->kind = RSM_KIND_SERVICE;
+        js->run = 77;
+        str_copy(js->pipeline, sizeof js->pipeline, "nightly");
+        str_copy(js->target, sizeof js->target, "db-1");
+        js->scheduled_for_ms = 1700000000000LL;
+        c[RSM_CMD_JOB_CLAIM].u.job_claim.job = 3;
+        c[RSM_CMD_JOB_CLAIM].u.job_claim.node = 0xfeedface12345678ULL;
+        c[RSM_CMD_JOB_CLAIM].u.job_claim.attempt = 2;
+        c[RSM_CMD_JOB_START].u.job_start.job = 3;
+        c[RSM_CMD_JOB_START].u.job_start.epoch = 9;
+        c[RSM_CMD_JOB_OUTPUT].u.job_output.job = 3;
+        c[RSM_CMD_JOB_OUTPUT].u.job_output.epoch = 9;
+        c[RSM_CMD_JOB_OUTPUT].u.job_output.seq = 4;
+        c[RSM_CMD_JOB_OUTPUT].u.job_output.stream = RSM_STREAM_STDERR;
+        c[RSM_CMD_JOB_OUTPUT].u.job_output.raw_len = (uint32_t)sizeof raw;
+        c[RSM_CMD_JOB_OUTPUT].u.job_output.len =
+            (uint32_t)LZ4_compress_default(raw, z, (int)sizeof raw, bound);
+        c[RSM_CMD_JOB_OUTPUT].u.job_output.data = z;
+        c[RSM_CMD_JOB_FINISH].u.job_finish.job = 3;
+        c[RSM_CMD_JOB_FINISH].u.job_finish.epoch = 9;
+        c[RSM_CMD_JOB_FINISH].u.job_finish.end = RSM_END_SIGNALED;
+        c[RSM_CMD_JOB_FINISH].u.job_finish.exit_code = 0;
+        c[RSM_CMD_JOB_FINISH].u.job_finish.signal = 9;
+        c[RSM_CMD_JOB_CANCEL].u.job_cancel.job = 3;
+        c[RSM_CMD_NODE_RENEW].u.node_renew.node = 5;
+        c[RSM_CMD_NODE_RENEW].u.node_renew.lease_ms = 3000;
+        c[RSM_CMD_NODE_EXPIRE].u.node_expire.node = 5;
+    }
 }
 
 static void clear_cmds(struct rsm_cmd *c, unsigned n)

@@ -782,6 +782,19 @@ Test(rsm_fsm, corrupt_snapshots_leave_state_intact)
         unsigned char *copy = malloc(l);
         memcpy(copy, b, l);
         copy[prng_below(&p, l)] ^= (unsigned char)(1 + prng_below(&p, 255));
+        {
+            /* A flipped LZ4 match offset can point at identical bytes and
+             * decompress to the very same state: that is no corruption. */
+            struct rsm_fsm *h = fsm_new();
+            char em[ERRMSG_SIZE];
+            bool same = rsm_fsm_restore(h, copy, l, em) == 0 &&
+                        rsm_fsm_digest(h) == rsm_fsm_digest(f);
+            rsm_fsm_destroy(h);
+            if (same) {
+                free(copy);
+                continue;
+            }
+        }
         assert_restore_fails(g, copy, l, d, 0);
         free(copy);
     }
