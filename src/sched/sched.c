@@ -466,11 +466,11 @@ static void output_done(struct sched *s,
         LOGW(MOD, "%s: output chunk %" PRIu64 ": %s; retrying", r->job_id,
              r->next_seq, err_str(rv));
     } else if (res->code == 0) {
+        /* Stored, or a duplicate of a chunk stored before (a retry after
+         * an unknown outcome): value is the job's next expected seq. */
         pop = true;
-        r->next_seq++;
+        r->next_seq = res->value > r->next_seq ? res->value : r->next_seq + 1;
     } else {
-        /* Rejected: find out whether the attempt is over or the chunk
-         * already committed (a retry after an unknown outcome). */
         j = rsm_fsm_job(fsm(s), r->job);
         if (j == NULL || j->epoch != r->epoch || j->node != s->cfg.node_id) {
             run_make_stale(s, r, "output rejected");
@@ -478,9 +478,12 @@ static void output_done(struct sched *s,
         }
         LOGW(MOD, "%s: output chunk %" PRIu64 " rejected: %s (%s)", r->job_id,
              r->next_seq, err_str(res->code), res->message);
-        pop = true; /* committed earlier, or unacceptable: skip it */
-        r->next_seq =
-            j->next_chunk > r->next_seq ? j->next_chunk : r->next_seq + 1;
+        if (j->next_chunk < r->next_seq) {
+            r->next_seq = j->next_chunk; /* resend under the right seq */
+        } else {
+            pop = true; /* stored already, or unacceptable: skip it */
+            r->next_seq = j->next_chunk;
+        }
     }
     if (pop && r->q_head != NULL) {
         c = r->q_head;
@@ -518,6 +521,9 @@ static void propose_finish_cmd(struct sched *s,
             str_copy(p->idem, sizeof p->idem, idem);
         }
     }
+    /* The FSM takes 0..255 (an exit code only counts with end exited). */
+    exit_code = exit_code < 0 ? 0 : exit_code > 255 ? 255 : exit_code;
+    sig = sig < 0 || sig > 255 ? 0 : sig;
     rsm_cmd_init(&cmd, RSM_CMD_JOB_FINISH);
     cmd.u.job_finish.job = job;
     cmd.u.job_finish.epoch = epoch;
@@ -720,7 +726,7 @@ static void start_run(struct sched *s, const struct rsm_job *j, uint64_t epoch)
     r = calloc(1, sizeof *r);
     if (r == NULL) {
         LOGE(MOD, "j%" PRIu64 ": out of memory; reporting lost", j->seq);
-        propose_finish_cmd(s, j->seq, epoch, RSM_END_LOST, -1, 0, NULL, false);
+        propose_finish_cmd(s, j->seq, epoch, RSM_END_LOST, 0, 0, NULL, false);
         return;
     }
     r->job = j->seq;
@@ -730,7 +736,7 @@ static void start_run(struct sched *s, const struct rsm_job *j, uint64_t epoch)
     rsm_job_id_format(j->seq, r->job_id);
     if (map_put_u64(&s->runs, r->job, r, NULL) != 0) {
         free(r);
-        propose_finish_cmd(s, j->seq, epoch, RSM_END_LOST, -1, 0, NULL, false);
+        propose_finish_cmd(s, j->seq, epoch, RSM_END_LOST, 0, 0, NULL, false);
         return;
     }
     s->n_runs++;
@@ -790,7 +796,7 @@ static void on_grant(struct sched *s,
         return;
     }
     if (s->closing || !s->started) {
-        propose_finish_cmd(s, seq, epoch, RSM_END_LOST, -1, 0, NULL, true);
+        propose_finish_cmd(s, seq, epoch, RSM_END_LOST, 0, 0, NULL, true);
         return;
     }
     j = rsm_fsm_job(fsm(s), seq);
@@ -799,14 +805,13 @@ static void on_grant(struct sched *s,
         return; /* the same entry already moved the job on */
     }
     if (j->cancel_requested) {
-        propose_finish_cmd(s, seq, epoch, RSM_END_CANCELLED, -1, 0, NULL,
-                           false);
+        propose_finish_cmd(s, seq, epoch, RSM_END_CANCELLED, 0, 0, NULL, false);
         return;
     }
     if (run_get(s, seq) != NULL) {
         /* An older attempt's process is still here (being killed): never
          * two at once. */
-        propose_finish_cmd(s, seq, epoch, RSM_END_LOST, -1, 0, NULL, false);
+        propose_finish_cmd(s, seq, epoch, RSM_END_LOST, 0, 0, NULL, false);
         return;
     }
     start_run(s, j, epoch);
@@ -894,7 +899,7 @@ static void on_exec_exit_cb(struct exec *x,
         /* Shutdown killed it: the process is dead now, so the attempt can
          * be released at once instead of waiting for lease expiry. */
         if (!r->stale && !r->finish_sent) {
-            propose_finish_cmd(s, r->job, r->epoch, RSM_END_LOST, -1, 0, NULL,
+            propose_finish_cmd(s, r->job, r->epoch, RSM_END_LOST, 0, 0, NULL,
                                true);
         }
         r->stale = true;
@@ -1014,7 +1019,7 @@ static void recover(struct sched *s)
              "j%" PRIu64 " epoch %" PRIu64
              " is held by this node but not running here: reporting lost",
              j->seq, j->epoch);
-        propose_finish_cmd(s, j->seq, j->epoch, RSM_END_LOST, -1, 0, NULL,
+        propose_finish_cmd(s, j->seq, j->epoch, RSM_END_LOST, 0, 0, NULL,
                            false);
     }
 }
