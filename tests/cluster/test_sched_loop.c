@@ -587,3 +587,52 @@ Test(sched_loop, fence_kills_when_renewals_stop)
     cr_assert_eq(j->state, RSM_JOB_SUCCEEDED);
     stop();
 }
+
+/* A grant this incarnation did not propose (as replayed from the log of an
+ * earlier incarnation of the node) never starts a process: restart
+ * recovery reports the attempt lost, and the retry runs normally. */
+Test(sched_loop, foreign_grant_is_reported_lost_then_retried)
+{
+    struct outcome o1, o2;
+    struct rsm_cmd sub, claim;
+    struct rsm_job_spec *sp;
+    const struct rsm_job *j;
+    uint64_t seq;
+    char *out;
+
+    start();
+    seq = rsm_fsm_job_seq(rsm_state(rsm)) + 1;
+    rsm_cmd_init(&sub, RSM_CMD_JOB_SUBMIT);
+    sp = &sub.u.job_submit;
+    sp->argv.v = calloc(4, sizeof(char *));
+    cr_assert_not_null(sp->argv.v);
+    sp->argv.v[0] = xstrdup("/bin/sh");
+    sp->argv.v[1] = xstrdup("-c");
+    sp->argv.v[2] = xstrdup("echo \"ran attempt $KILN_ATTEMPT\"");
+    sp->argv.n = 3;
+    sp->retries_max = 1;
+    rsm_cmd_init(&claim, RSM_CMD_JOB_CLAIM);
+    str_copy(claim.idem_key, sizeof claim.idem_key, "~s1.1.1"); /* old */
+    claim.u.job_claim.job = seq;
+    claim.u.job_claim.node = SELF;
+    claim.u.job_claim.attempt = 1;
+    memset(&o1, 0, sizeof o1);
+    memset(&o2, 0, sizeof o2);
+    /* One loop iteration: both commands share one entry, so the scheduler
+     * never sees the job pending. */
+    cr_assert_eq(rsm_propose(rsm, &sub, proposed_cb, &o1), 0);
+    cr_assert_eq(rsm_propose(rsm, &claim, proposed_cb, &o2), 0);
+    cr_assert(run_until(fired, &o2, 5000));
+    cr_assert_eq(o1.res.value, seq);
+    cr_assert_eq(o2.res.code, 0, "claim: %s", o2.res.message);
+    cr_assert_eq(sched_running(&sched), 0, "the foreign grant was started");
+    j = wait_finished(seq, 10000);
+    cr_assert_eq(j->state, RSM_JOB_SUCCEEDED, "state %s end %s",
+                 rsm_job_state_name(j->state), rsm_job_end_name(j->end));
+    cr_assert_eq(j->attempt, 2);
+    cr_assert_eq(j->epoch, 2);
+    out = output(seq, RSM_STREAM_STDOUT, NULL);
+    cr_assert_str_eq(out, "ran attempt 2\n");
+    free(out);
+    stop();
+}
