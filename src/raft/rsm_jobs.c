@@ -410,7 +410,7 @@ static int apply_start(struct rsm_fsm *f,
         return 0; /* duplicate START of this attempt */
     }
     if (r->job.state != RSM_JOB_CLAIMED) {
-        reject(res, ERR_CONFLICT, "job j%llu is %s",
+        reject(res, ERR_STALE, "job j%llu: the attempt is over (%s)",
                (unsigned long long)r->job.seq,
                rsm_job_state_name(r->job.state));
         return 0;
@@ -556,8 +556,8 @@ static int apply_finish(struct rsm_fsm *f,
     }
     j = &r->job;
     if (j->state != RSM_JOB_CLAIMED && j->state != RSM_JOB_RUNNING) {
-        reject(res, ERR_CONFLICT, "job j%llu is %s", (unsigned long long)j->seq,
-               rsm_job_state_name(j->state));
+        reject(res, ERR_STALE, "job j%llu: the attempt is over (%s)",
+               (unsigned long long)j->seq, rsm_job_state_name(j->state));
         return 0;
     }
     rv = reserve_finish(f, 1);
