@@ -145,7 +145,8 @@ int sched_init(struct sched *s,
 int sched_start(struct sched *s, char *errmsg);
 
 /* Feed an applied command (node.c calls this from rsm's on_applied
- * observer, on every node). Spawns jobs granted to this node by claims
+ * observer, on every node; valid from sched_init until the close callback,
+ * never after it). Spawns jobs granted to this node by claims
  * this incarnation proposed, kills local attempts that became stale or
  * cancelled, and schedules a claim scan. Never blocks. */
 void sched_on_applied(struct sched *s,
