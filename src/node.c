@@ -5,14 +5,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "sched/cron.h"
 #include "util.h"
 
 #define IDENTITY_FILE "identity"
@@ -138,13 +141,6 @@ int node_load_identity(const char *dir,
     return 0;
 }
 
-static void signal_cb(uv_signal_t *h, int signum)
-{
-    struct node *n = h->data;
-    LOGI("node", "received %s, shutting down", strsignal(signum));
-    node_close(n, n->close_cb);
-}
-
 int node_init(struct node *n, uv_loop_t *loop, const struct config *cfg)
 {
     int rv;
@@ -170,19 +166,456 @@ int node_init(struct node *n, uv_loop_t *loop, const struct config *cfg)
     return 0;
 }
 
+/* ---- module wiring (appended to node.c) ---- */
+
+#define NODE_M_RSM 1u
+#define NODE_M_HTTPC 2u
+#define NODE_M_HTTP 4u
+#define NODE_M_GOSSIP 8u
+#define NODE_M_TIMERS 16u
+
+#define META_IN_CLUSTER 1u
+#define TICK_MS 200
+
+/* --- forwarding proposals to the leader over HTTP ----------------------- */
+
+struct forward
+{
+    rsm_forward_done done;
+    void *req;
+};
+
+static void forward_resp_cb(struct httpc_resp *resp, void *data)
+{
+    struct forward *fw = data;
+    struct rsm_result *results = NULL;
+    unsigned n = 0;
+    int rv = ERR_UNAVAILABLE;
+    json_t *j = NULL;
+    json_t *arr;
+
+    if (resp->status == 421) {
+        rv = ERR_NOTLEADER;
+        goto out;
+    }
+    if (resp->status != 200) {
+        goto out;
+    }
+    j = json_loadb(resp->body, resp->len, 0, NULL);
+    arr = json_object_get(j, "results");
+    if (!json_is_array(arr)) {
+        goto out;
+    }
+    n = (unsigned)json_array_size(arr);
+    results = calloc(n + 1, sizeof *results);
+    if (results == NULL) {
+        rv = ERR_NOMEM;
+        goto out;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        json_t *o = json_array_get(arr, i);
+        const char *msg = json_string_value(json_object_get(o, "message"));
+        results[i].code = (int)json_integer_value(json_object_get(o, "code"));
+        results[i].value =
+            (uint64_t)json_integer_value(json_object_get(o, "value"));
+        results[i].index =
+            (uint64_t)json_integer_value(json_object_get(o, "index"));
+        str_copy(results[i].message, sizeof results[i].message,
+                 msg != NULL ? msg : "");
+    }
+    rv = 0;
+out:
+    fw->done(fw->req, rv, results, rv == 0 ? n : 0);
+    free(results);
+    json_decref(j);
+    free(fw);
+}
+
+static const char *api_addr_of(struct node *n, uint64_t id)
+{
+    const struct gossip_member *m = gossip_find_id(&n->gossip, id);
+    const struct rsm_member *rm;
+    if (m != NULL && m->api[0] != '\0') {
+        return m->api;
+    }
+    rm = rsm_fsm_member(rsm_state(n->rsm), id);
+    if (rm != NULL && rm->api[0] != '\0') {
+        return rm->api;
+    }
+    return NULL;
+}
+
+static int forward_cb(struct rsm *r,
+                      uint64_t leader_id,
+                      const void *buf,
+                      size_t len,
+                      rsm_forward_done done,
+                      void *req,
+                      void *ud)
+{
+    struct node *n = ud;
+    static const char *const headers[] = {
+        "Content-Type: application/octet-stream", NULL};
+    const char *api = api_addr_of(n, leader_id);
+    struct forward *fw;
+    char url[96];
+    int rv;
+
+    UNUSED(r);
+    if (api == NULL) {
+        return ERR_UNAVAILABLE;
+    }
+    fw = malloc(sizeof *fw);
+    if (fw == NULL) {
+        return ERR_NOMEM;
+    }
+    fw->done = done;
+    fw->req = req;
+    snprintf(url, sizeof url, "http://%s/internal/v1/propose", api);
+    n->forward_seq++;
+    rv = httpc_request(&n->httpc, "POST", url, buf, len, headers,
+                       n->cfg.election_ms * 3 + 1000, forward_resp_cb, fw);
+    if (rv != 0) {
+        free(fw);
+    }
+    return rv;
+}
+
+/* --- membership: bootstrap, registration, voter management ------------- */
+
+static void applied_cb(struct rsm *r,
+                       const struct rsm_cmd *cmd,
+                       const struct rsm_result *res,
+                       void *ud)
+{
+    struct node *n = ud;
+    UNUSED(r);
+    if (n->started & NODE_M_HTTP) {
+        api_on_applied(&n->api, cmd, res);
+    }
+}
+
+static void member_changed_cb(struct gossip *g,
+                              const struct gossip_member *m,
+                              enum gossip_state old,
+                              void *data)
+{
+    struct node *n = data;
+    UNUSED(g);
+    UNUSED(old);
+    rsm_member_seen(n->rsm, m->id, m->raft, m->state == GOSSIP_ALIVE);
+}
+
+/* Start raft without a configuration: the leader adds this node (as a
+ * spare, then standby or voter) once gossip shows it alive. */
+static void join_existing(struct node *n)
+{
+    int rv = rsm_join(n->rsm);
+    if (rv != 0) {
+        LOGE("node", "raft join failed: %s", err_str(rv));
+        return;
+    }
+    n->raft_running = 1;
+    LOGI("node", "waiting to be added to the cluster by its leader");
+}
+
+static int cmp_server(const void *a, const void *b)
+{
+    const struct rsm_server *x = a, *y = b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* --bootstrap-expect N: once N alive members (self included) have met and
+ * none of them is already part of a cluster, every one of them bootstraps
+ * the same sorted configuration. A node that sees an existing cluster waits
+ * to be added by its leader instead (docs/raft.md). */
+static void maybe_bootstrap(struct node *n)
+{
+    struct rsm_server servers[64];
+    unsigned count = 0;
+    unsigned total = gossip_count(&n->gossip);
+    int rv;
+
+    if (n->raft_running || rsm_has_state(n->rsm)) {
+        return;
+    }
+    if (n->cfg.bootstrap_expect == 0) {
+        if (n->cfg.n_join > 0) {
+            join_existing(n); /* the leader adds us */
+            return;
+        }
+        servers[0].id = n->id;
+        addr_format(&n->cfg.raft, servers[0].raft);
+        count = 1;
+    } else {
+        unsigned in_cluster = 0;
+        int self_in = 0;
+        for (unsigned i = 0; i < total; i++) {
+            const struct gossip_member *m = gossip_member_at(&n->gossip, i);
+            if (m->state != GOSSIP_ALIVE) {
+                continue;
+            }
+            if (m->id != n->id && (m->meta & META_IN_CLUSTER) != 0) {
+                in_cluster++;
+            }
+            if (count < ARRAY_SIZE(servers)) {
+                servers[count].id = m->id;
+                str_copy(servers[count].raft, sizeof servers[count].raft,
+                         m->raft);
+                count++;
+            }
+        }
+        if (in_cluster >= n->cfg.bootstrap_expect) {
+            join_existing(n); /* a full cluster exists: be added to it */
+            return;
+        }
+        if (count < n->cfg.bootstrap_expect) {
+            return; /* keep waiting for the others */
+        }
+        /* Every node that sees the same N lowest ids bootstraps the same
+         * configuration; a peer that bootstrapped a moment earlier (and so
+         * already reports META_IN_CLUSTER) is part of that same set. */
+        qsort(servers, count, sizeof servers[0], cmp_server);
+        count = n->cfg.bootstrap_expect;
+        for (unsigned i = 0; i < count; i++) {
+            self_in |= servers[i].id == n->id;
+        }
+        if (!self_in) {
+            join_existing(n); /* more nodes than expected: the first N form
+                               * the cluster and add the rest */
+            return;
+        }
+    }
+    rv = rsm_bootstrap(n->rsm, servers, count);
+    if (rv != 0) {
+        LOGE("node", "bootstrap failed: %s", err_str(rv));
+        return;
+    }
+    n->raft_running = 1;
+    LOGI("node", "bootstrapped a %u-voter cluster", count);
+}
+
+static void registered_cb(void *data, int rv, const struct rsm_result *res)
+{
+    struct node *n = data;
+    n->registering = 0;
+    if (rv == 0 && res->code == 0) {
+        n->registered = 1;
+    } else if (!n->closing) {
+        LOGD("node", "registration not applied yet: %s",
+             rv != 0 ? err_str(rv) : res->message);
+    }
+}
+
+/* Keep our row in the replicated members table (name, addresses) current:
+ * /v1/cluster, forwarding and leases read it. */
+static void maybe_register(struct node *n)
+{
+    const struct rsm_member *me;
+    char api[ADDR_STRLEN], raft[ADDR_STRLEN], gossip[ADDR_STRLEN];
+    struct rsm_cmd cmd;
+
+    if (n->registering || rsm_leader_id(n->rsm) == 0) {
+        return;
+    }
+    addr_format(&n->cfg.api, api);
+    addr_format(&n->cfg.raft, raft);
+    addr_format(&n->cfg.gossip, gossip);
+    me = rsm_fsm_member(rsm_state(n->rsm), n->id);
+    if (me != NULL && strcmp(me->name, n->name) == 0 &&
+        strcmp(me->api, api) == 0 && strcmp(me->raft, raft) == 0 &&
+        strcmp(me->gossip, gossip) == 0) {
+        n->registered = 1;
+        return;
+    }
+    rsm_cmd_init(&cmd, RSM_CMD_MEMBER_PUT);
+    cmd.u.member_put.id = n->id;
+    str_copy(cmd.u.member_put.name, sizeof cmd.u.member_put.name, n->name);
+    str_copy(cmd.u.member_put.api, sizeof cmd.u.member_put.api, api);
+    str_copy(cmd.u.member_put.raft, sizeof cmd.u.member_put.raft, raft);
+    str_copy(cmd.u.member_put.gossip, sizeof cmd.u.member_put.gossip, gossip);
+    n->registering = 1;
+    if (rsm_propose(n->rsm, &cmd, registered_cb, n) != 0) {
+        n->registering = 0;
+    }
+}
+
+static void update_load(struct node *n)
+{
+    struct gossip_load load;
+    double avg[1];
+    struct sysinfo si;
+
+    memset(&load, 0, sizeof load);
+    load.slots = n->cfg.slots;
+    if (getloadavg(avg, 1) == 1 && avg[0] >= 0) {
+        load.load1_milli = (uint32_t)(avg[0] * 1000.0);
+    }
+    if (sysinfo(&si) == 0) {
+        load.mem_free_kib =
+            (uint64_t)si.freeram * (uint64_t)si.mem_unit / 1024u;
+    }
+    gossip_set_load(&n->gossip, &load);
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+    struct node *n = t->data;
+    unsigned total;
+    if (n->closing) {
+        return;
+    }
+    maybe_bootstrap(n);
+    gossip_set_meta(&n->gossip, rsm_has_state(n->rsm) ? META_IN_CLUSTER : 0);
+    maybe_register(n);
+    update_load(n);
+    /* Feed the full view now and then so that a new leader, which did not
+     * see earlier gossip changes, learns every member. */
+    total = gossip_count(&n->gossip);
+    for (unsigned i = 0; i < total; i++) {
+        const struct gossip_member *m = gossip_member_at(&n->gossip, i);
+        rsm_member_seen(n->rsm, m->id, m->raft, m->state == GOSSIP_ALIVE);
+    }
+}
+
+/* ---- start and close (replaces the skeleton versions) ---- */
+
+static int check_schedule(const char *schedule, const char *tz, char *errmsg)
+{
+    struct cron_expr e;
+    return cron_parse(&e, schedule[0] != '\0' ? schedule : "@daily", tz,
+                      errmsg);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+    struct node *n = h->data;
+    LOGI("node", "received %s, shutting down", strsignal(signum));
+    node_close(n, n->close_cb);
+}
+
 int node_start(struct node *n)
 {
-    n->started = 1;
+    struct rsm_config rc;
+    struct http_server_config hc;
+    struct gossip_config gc;
+    struct api_deps deps;
+    char path[PATH_MAX + 16];
+    int rv;
+
     uv_signal_init(n->loop, &n->sigint);
     uv_signal_init(n->loop, &n->sigterm);
-    n->sigint.data = n;
-    n->sigterm.data = n;
+    uv_timer_init(n->loop, &n->tick);
+    n->tick.data = n;
+    n->started |= NODE_M_TIMERS;
     uv_signal_start(&n->sigint, signal_cb, SIGINT);
     uv_signal_start(&n->sigterm, signal_cb, SIGTERM);
-    LOGI("node", "started (id %016" PRIx64 ", data dir %s)", n->id,
-         n->cfg.data_dir);
+
+    /* 1. the replicated core */
+    rsm_config_defaults(&rc);
+    rc.id = n->id;
+    str_copy(rc.name, sizeof rc.name, n->name);
+    rc.raft = n->cfg.raft;
+    snprintf(path, sizeof path, "%s/raft", n->cfg.data_dir);
+    str_copy(rc.dir, sizeof rc.dir, path);
+    rc.election_ms = n->cfg.election_ms;
+    rc.heartbeat_ms = n->cfg.heartbeat_ms;
+    rc.segment_kib = n->cfg.segment_kib;
+    rc.forward = forward_cb;
+    rc.on_applied = applied_cb;
+    rc.ud = n;
+    n->rsm = rsm_create(n->loop, &rc, n->errmsg);
+    if (n->rsm == NULL) {
+        return ERR_IO;
+    }
+    n->started |= NODE_M_RSM;
+    rv = rsm_start(n->rsm, n->errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+
+    /* 2. the forwarding client and the API server */
+    rv = httpc_init(&n->httpc, n->loop);
+    if (rv != 0) {
+        errmsg_printf(n->errmsg, "httpc: init: %s", err_str(rv));
+        return rv;
+    }
+    n->started |= NODE_M_HTTPC;
+    http_server_config_defaults(&hc);
+    hc.bind = n->cfg.api;
+    rv = http_server_init(&n->http, n->loop, &hc);
+    if (rv != 0) {
+        errmsg_printf(n->errmsg, "api: init: %s", err_str(rv));
+        return rv;
+    }
+    n->started |= NODE_M_HTTP;
+    memset(&deps, 0, sizeof deps);
+    deps.http = &n->http;
+    deps.rsm = n->rsm;
+    deps.gossip = &n->gossip;
+    deps.node_name = n->name;
+    deps.node_id = n->id;
+    deps.check_schedule = check_schedule;
+    rv = api_init(&n->api, &deps);
+    if (rv != 0) {
+        errmsg_printf(n->errmsg, "api: routes: %s", err_str(rv));
+        return rv;
+    }
+    rv = http_server_start(&n->http, n->errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+
+    /* 3. gossip */
+    gossip_config_defaults(&gc);
+    str_copy(gc.name, sizeof gc.name, n->name);
+    gc.id = n->id;
+    gc.bind = n->cfg.gossip;
+    addr_format(&n->cfg.api, gc.api);
+    addr_format(&n->cfg.raft, gc.raft);
+    addr_format(&n->cfg.gossip, gc.gossip_addr);
+    for (unsigned i = 0; i < n->cfg.n_tags && i < ARRAY_SIZE(gc.tags); i++) {
+        str_copy(gc.tags[i].key, sizeof gc.tags[i].key, n->cfg.tags[i].key);
+        str_copy(gc.tags[i].value, sizeof gc.tags[i].value,
+                 n->cfg.tags[i].value);
+        gc.n_tags = i + 1;
+    }
+    if (n->cfg.gossip_interval_ms != gc.probe_interval_ms) {
+        /* Scale the other periods with the probe interval, keeping the
+         * default ratios (docs/gossip.md). */
+        unsigned p = n->cfg.gossip_interval_ms;
+        gc.probe_interval_ms = p;
+        gc.probe_timeout_ms = p * 2 / 5 > 5 ? p * 2 / 5 : 5;
+        gc.gossip_interval_ms = p / 5 > 10 ? p / 5 : 10;
+        gc.suspicion_min_ms = p * 3 / 2;
+    }
+    rv = gossip_init(&n->gossip, n->loop, &gc, n->errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+    n->started |= NODE_M_GOSSIP;
+    gossip_on_change(&n->gossip, member_changed_cb, n);
+    rv = gossip_start(&n->gossip, n->errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+    if (n->cfg.n_join > 0) {
+        gossip_join(&n->gossip, n->cfg.join, n->cfg.n_join);
+    }
+    update_load(n);
+
+    uv_timer_start(&n->tick, tick_cb, 0, TICK_MS);
+    {
+        char api[ADDR_STRLEN];
+        addr_format(&n->cfg.api, api);
+        LOGI("node", "started: id %016" PRIx64 ", API http://%s, data dir %s",
+             n->id, api, n->cfg.data_dir);
+    }
     return 0;
 }
+
+/* The close chain: each step runs in the previous step's callback. */
+static void close_step(struct node *n);
 
 static void handle_closed_cb(uv_handle_t *h)
 {
@@ -193,10 +626,72 @@ static void handle_closed_cb(uv_handle_t *h)
             close(n->lock_fd);
             n->lock_fd = -1;
         }
+        LOGI("node", "stopped");
         if (n->close_cb != NULL) {
             n->close_cb(n);
         }
     }
+}
+
+static void http_closed_cb(struct http_server *s)
+{
+    struct node *n = (struct node *)((char *)s - offsetof(struct node, http));
+    n->started &= ~NODE_M_HTTP;
+    close_step(n);
+}
+
+static void gossip_closed_cb(struct gossip *g)
+{
+    struct node *n = (struct node *)((char *)g - offsetof(struct node, gossip));
+    n->started &= ~NODE_M_GOSSIP;
+    close_step(n);
+}
+
+static void httpc_closed_cb(struct httpc *c)
+{
+    struct node *n = (struct node *)((char *)c - offsetof(struct node, httpc));
+    n->started &= ~NODE_M_HTTPC;
+    close_step(n);
+}
+
+static void rsm_closed_cb(struct rsm *r, void *data)
+{
+    struct node *n = data;
+    UNUSED(r);
+    n->rsm = NULL;
+    n->started &= ~NODE_M_RSM;
+    close_step(n);
+}
+
+static void close_step(struct node *n)
+{
+    if (n->started & NODE_M_HTTP) {
+        api_shutdown(&n->api);
+        http_server_close(&n->http, http_closed_cb);
+        return;
+    }
+    if (n->started & NODE_M_GOSSIP) {
+        gossip_close(&n->gossip, gossip_closed_cb);
+        return;
+    }
+    if (n->started & NODE_M_HTTPC) {
+        httpc_close(&n->httpc, httpc_closed_cb);
+        return;
+    }
+    if (n->started & NODE_M_RSM) {
+        rsm_close(n->rsm, rsm_closed_cb, n);
+        return;
+    }
+    if (n->started & NODE_M_TIMERS) {
+        n->started &= ~NODE_M_TIMERS;
+        n->pending_closes = 3;
+        uv_close((uv_handle_t *)&n->tick, handle_closed_cb);
+        uv_close((uv_handle_t *)&n->sigint, handle_closed_cb);
+        uv_close((uv_handle_t *)&n->sigterm, handle_closed_cb);
+        return;
+    }
+    n->pending_closes = 1;
+    handle_closed_cb((uv_handle_t *)&n->sigint);
 }
 
 void node_close(struct node *n, node_close_cb cb)
@@ -206,12 +701,8 @@ void node_close(struct node *n, node_close_cb cb)
     }
     n->closing = 1;
     n->close_cb = cb;
-    if (!n->started) {
-        n->pending_closes = 1;
-        handle_closed_cb((uv_handle_t *)&n->sigint);
-        return;
+    if (n->started & NODE_M_TIMERS) {
+        uv_timer_stop(&n->tick);
     }
-    n->pending_closes = 2;
-    uv_close((uv_handle_t *)&n->sigint, handle_closed_cb);
-    uv_close((uv_handle_t *)&n->sigterm, handle_closed_cb);
+    close_step(n);
 }

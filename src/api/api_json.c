@@ -40,7 +40,10 @@ static int strv_push(struct rsm_strv *v, const char *s)
 }
 
 /* A JSON integer in [lo, hi]. */
-static int get_uint(json_t *v, const char *field, uint64_t hi, uint32_t *out,
+static int get_uint(json_t *v,
+                    const char *field,
+                    uint64_t hi,
+                    uint32_t *out,
                     char *errmsg)
 {
     json_int_t x;
@@ -58,7 +61,10 @@ static int get_uint(json_t *v, const char *field, uint64_t hi, uint32_t *out,
     return 0;
 }
 
-static int get_string(json_t *v, const char *field, size_t max, char *out,
+static int get_string(json_t *v,
+                      const char *field,
+                      size_t max,
+                      char *out,
                       char *errmsg)
 {
     const char *s;
@@ -79,8 +85,12 @@ static int get_string(json_t *v, const char *field, size_t max, char *out,
     return 0;
 }
 
-static int get_enum(json_t *v, const char *field, const char *const *names,
-                    unsigned n, uint8_t *out, char *errmsg)
+static int get_enum(json_t *v,
+                    const char *field,
+                    const char *const *names,
+                    unsigned n,
+                    uint8_t *out,
+                    char *errmsg)
 {
     const char *s;
     if (!json_is_string(v)) {
@@ -148,8 +158,12 @@ static int get_command(json_t *v, struct rsm_strv *out, char *errmsg)
 }
 
 /* An array of unique names (after, targets). */
-static int get_names(json_t *v, const char *field, unsigned max,
-                     bool strict_charset, struct rsm_strv *out, char *errmsg)
+static int get_names(json_t *v,
+                     const char *field,
+                     unsigned max,
+                     bool strict_charset,
+                     struct rsm_strv *out,
+                     char *errmsg)
 {
     size_t i;
     json_t *a;
@@ -180,8 +194,8 @@ static int get_names(json_t *v, const char *field, unsigned max,
         }
         for (unsigned k = 0; k < out->n; k++) {
             if (strcmp(out->v[k], s) == 0) {
-                errmsg_printf(errmsg, "%s[%zu]: '%s' is listed twice", field,
-                              i, s);
+                errmsg_printf(errmsg, "%s[%zu]: '%s' is listed twice", field, i,
+                              s);
                 return ERR_INVALID;
             }
         }
@@ -195,8 +209,7 @@ static int get_names(json_t *v, const char *field, unsigned max,
 
 static bool valid_env_name(const char *s)
 {
-    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
-          *s == '_')) {
+    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_')) {
         return false;
     }
     for (s++; *s != '\0'; s++) {
@@ -209,8 +222,13 @@ static bool valid_env_name(const char *s)
 }
 
 /* An object of string values (tags, env). */
-static int get_kv(json_t *v, const char *field, unsigned max, bool env,
-                  struct rsm_kv **out, unsigned *n_out, char *errmsg)
+static int get_kv(json_t *v,
+                  const char *field,
+                  unsigned max,
+                  bool env,
+                  struct rsm_kv **out,
+                  unsigned *n_out,
+                  char *errmsg)
 {
     const char *key;
     json_t *val;
@@ -239,8 +257,8 @@ static int get_kv(json_t *v, const char *field, unsigned max, bool env,
             goto err;
         }
         if (env && strncmp(key, "KILN_", 5) == 0) {
-            errmsg_printf(errmsg, "%s.%s: KILN_* variables are reserved",
-                          field, key);
+            errmsg_printf(errmsg, "%s.%s: KILN_* variables are reserved", field,
+                          key);
             goto err;
         }
         if (!json_is_string(val)) {
@@ -278,14 +296,16 @@ static const char *const overlap_names[] = {"allow", "forbid", "replace"};
 static const char *const catchup_names[] = {"none", "latest", "all"};
 static const char *const kind_names[] = {"batch", "service"};
 
-int api__pipeline_from_json(json_t *body, const char *name_from_path,
+int api__pipeline_from_json(json_t *body,
+                            const char *name_from_path,
                             api_schedule_check_fn check,
-                            struct rsm_pipeline_spec *out, char *errmsg)
+                            struct rsm_pipeline_spec *out,
+                            char *errmsg)
 {
     static const char *const known[] = {
-        "name",     "command",   "schedule", "timezone", "after",
-        "retries",  "timeout_s", "overlap",  "catchup",  "targets",
-        "paused",   "kind",      "tags",     "env",      "version",
+        "name",       "command",   "schedule", "timezone", "after",
+        "retries",    "timeout_s", "overlap",  "catchup",  "targets",
+        "paused",     "kind",      "tags",     "env",      "version",
         "created_at", "updated_at"};
     const char *key;
     json_t *v;
@@ -352,7 +372,8 @@ int api__pipeline_from_json(json_t *body, const char *name_from_path,
             goto err;
         }
     }
-    if (check != NULL && (out->schedule[0] != '\0' || out->timezone[0] != '\0')) {
+    if (check != NULL &&
+        (out->schedule[0] != '\0' || out->timezone[0] != '\0')) {
         char why[ERRMSG_SIZE];
         if (check(out->schedule, out->timezone, why) != 0) {
             errmsg_printf(errmsg, "%s", why);
@@ -367,8 +388,9 @@ int api__pipeline_from_json(json_t *body, const char *name_from_path,
         rv = ERR_INVALID;
         for (unsigned i = 0; i < out->after.n; i++) {
             if (strcmp(out->after.v[i], out->name) == 0) {
-                errmsg_printf(errmsg, "after: a pipeline cannot run after "
-                                      "itself");
+                errmsg_printf(errmsg,
+                              "after: a pipeline cannot run after "
+                              "itself");
                 goto err;
             }
         }
@@ -385,8 +407,8 @@ int api__pipeline_from_json(json_t *body, const char *name_from_path,
         json_object_foreach(v, rk, rvv)
         {
             if (strcmp(rk, "max") == 0) {
-                if (get_uint(rvv, "retries.max", MAX_RETRIES,
-                             &out->retries_max, errmsg)) {
+                if (get_uint(rvv, "retries.max", MAX_RETRIES, &out->retries_max,
+                             errmsg)) {
                     goto err;
                 }
             } else if (strcmp(rk, "backoff_s") == 0) {
@@ -401,8 +423,7 @@ int api__pipeline_from_json(json_t *body, const char *name_from_path,
         }
     }
     if ((v = json_object_get(body, "timeout_s")) != NULL && !json_is_null(v)) {
-        if (get_uint(v, "timeout_s", MAX_TIMEOUT_S, &out->timeout_s,
-                     errmsg)) {
+        if (get_uint(v, "timeout_s", MAX_TIMEOUT_S, &out->timeout_s, errmsg)) {
             goto err;
         }
     }
@@ -422,8 +443,8 @@ int api__pipeline_from_json(json_t *body, const char *name_from_path,
         }
     }
     if ((v = json_object_get(body, "targets")) != NULL && !json_is_null(v)) {
-        if ((rv = get_names(v, "targets", RSM_TARGETS_MAX, false,
-                            &out->targets, errmsg)) != 0) {
+        if ((rv = get_names(v, "targets", RSM_TARGETS_MAX, false, &out->targets,
+                            errmsg)) != 0) {
             goto err;
         }
         rv = ERR_INVALID;
@@ -483,17 +504,17 @@ json_t *api__pipeline_to_json(const struct rsm_pipeline *p)
     time_format_ms(p->updated_ms, updated);
     json_object_set_new(o, "name", json_string(s->name));
     json_object_set_new(o, "command", strv_json(&s->command));
-    json_object_set_new(o, "schedule", s->schedule[0] != '\0'
-                                           ? json_string(s->schedule)
-                                           : json_null());
-    json_object_set_new(o, "timezone", json_string(s->timezone[0] != '\0'
-                                                       ? s->timezone
-                                                       : "UTC"));
+    json_object_set_new(
+        o, "schedule",
+        s->schedule[0] != '\0' ? json_string(s->schedule) : json_null());
+    json_object_set_new(
+        o, "timezone",
+        json_string(s->timezone[0] != '\0' ? s->timezone : "UTC"));
     json_object_set_new(o, "after", strv_json(&s->after));
-    json_object_set_new(o, "retries",
-                        json_pack("{s:I,s:I}", "max",
-                                  (json_int_t)s->retries_max, "backoff_s",
-                                  (json_int_t)s->backoff_s));
+    json_object_set_new(
+        o, "retries",
+        json_pack("{s:I,s:I}", "max", (json_int_t)s->retries_max, "backoff_s",
+                  (json_int_t)s->backoff_s));
     json_object_set_new(o, "timeout_s", json_integer(s->timeout_s));
     json_object_set_new(o, "overlap",
                         json_string(overlap_names[s->overlap % 3]));
@@ -549,4 +570,171 @@ void api__status_for(int err, unsigned *status, const char **code)
             *code = "internal";
             break;
     }
+}
+
+int api__job_spec_from_json(json_t *body,
+                            struct rsm_job_spec *out,
+                            char *errmsg)
+{
+    static const char *const known[] = {
+        "command", "retries", "timeout_s", "tags", "env", "kind", "backoff_s"};
+    const char *key;
+    json_t *v;
+    int rv = ERR_INVALID;
+
+    memset(out, 0, sizeof *out);
+    if (!json_is_object(body)) {
+        errmsg_printf(errmsg, "body: must be a JSON object");
+        return ERR_INVALID;
+    }
+    json_object_foreach(body, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < ARRAY_SIZE(known); i++) {
+            ok = ok || strcmp(key, known[i]) == 0;
+        }
+        if (!ok) {
+            errmsg_printf(errmsg, "%.64s: unknown field", key);
+            return ERR_INVALID;
+        }
+    }
+    v = json_object_get(body, "command");
+    if (v == NULL) {
+        errmsg_printf(errmsg, "command: is required");
+        goto err;
+    }
+    if ((rv = get_command(v, &out->argv, errmsg)) != 0) {
+        goto err;
+    }
+    rv = ERR_INVALID;
+    /* "retries" is a count here (CONTRACT POST /v1/jobs); pipelines use
+     * {"max","backoff_s"}: accept that form too. */
+    if ((v = json_object_get(body, "retries")) != NULL && !json_is_null(v)) {
+        if (json_is_object(v)) {
+            json_t *m = json_object_get(v, "max");
+            json_t *b = json_object_get(v, "backoff_s");
+            if (json_object_size(v) > (size_t)((m != NULL) + (b != NULL))) {
+                errmsg_printf(errmsg, "retries: only max and backoff_s");
+                goto err;
+            }
+            if (m != NULL && get_uint(m, "retries.max", MAX_RETRIES,
+                                      &out->retries_max, errmsg)) {
+                goto err;
+            }
+            if (b != NULL && get_uint(b, "retries.backoff_s", MAX_BACKOFF_S,
+                                      &out->backoff_s, errmsg)) {
+                goto err;
+            }
+        } else if (get_uint(v, "retries", MAX_RETRIES, &out->retries_max,
+                            errmsg)) {
+            goto err;
+        }
+    }
+    if ((v = json_object_get(body, "backoff_s")) != NULL && !json_is_null(v)) {
+        if (get_uint(v, "backoff_s", MAX_BACKOFF_S, &out->backoff_s, errmsg)) {
+            goto err;
+        }
+    }
+    if ((v = json_object_get(body, "timeout_s")) != NULL && !json_is_null(v)) {
+        if (get_uint(v, "timeout_s", MAX_TIMEOUT_S, &out->timeout_s, errmsg)) {
+            goto err;
+        }
+    }
+    if ((v = json_object_get(body, "kind")) != NULL && !json_is_null(v)) {
+        if (get_enum(v, "kind", kind_names, 2, &out->kind, errmsg)) {
+            goto err;
+        }
+    }
+    if ((v = json_object_get(body, "tags")) != NULL && !json_is_null(v)) {
+        if (get_kv(v, "tags", RSM_TAGS_MAX, false, &out->tags, &out->n_tags,
+                   errmsg)) {
+            goto err;
+        }
+    }
+    if ((v = json_object_get(body, "env")) != NULL && !json_is_null(v)) {
+        if (get_kv(v, "env", RSM_ENV_MAX, true, &out->env, &out->n_env,
+                   errmsg)) {
+            goto err;
+        }
+    }
+    return 0;
+
+err:
+    rsm_job_spec_clear(out);
+    memset(out, 0, sizeof *out);
+    return rv != 0 ? rv : ERR_INVALID;
+}
+
+static json_t *time_or_null(int64_t ms)
+{
+    char buf[TIME_STRLEN];
+    if (ms <= 0) {
+        return json_null();
+    }
+    time_format_ms(ms, buf);
+    return json_string(buf);
+}
+
+json_t *api__job_to_json(const struct rsm_fsm *f, const struct rsm_job *j)
+{
+    char id[RSM_JOB_ID_MAX];
+    const struct rsm_member *m =
+        j->node != 0 ? rsm_fsm_member(f, j->node) : NULL;
+    json_t *o = json_object();
+    bool ended = j->end == RSM_END_EXITED;
+
+    rsm_job_id_format(j->seq, id);
+    json_object_set_new(o, "id", json_string(id));
+    if (j->spec.run != 0) {
+        char run[32];
+        snprintf(run, sizeof run, "r%llu", (unsigned long long)j->spec.run);
+        json_object_set_new(o, "run", json_string(run));
+    }
+    if (j->spec.pipeline[0] != '\0') {
+        json_object_set_new(o, "pipeline", json_string(j->spec.pipeline));
+    }
+    if (j->spec.target[0] != '\0') {
+        json_object_set_new(o, "target", json_string(j->spec.target));
+    }
+    if (j->spec.scheduled_for_ms != 0) {
+        json_object_set_new(o, "scheduled_for",
+                            time_or_null(j->spec.scheduled_for_ms));
+    }
+    json_object_set_new(o, "state", json_string(rsm_job_state_name(j->state)));
+    if (m != NULL) {
+        json_object_set_new(o, "node", json_string(m->name));
+    } else if (j->node != 0) {
+        char hex[24];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)j->node);
+        json_object_set_new(o, "node", json_string(hex));
+    } else {
+        json_object_set_new(o, "node", json_null());
+    }
+    json_object_set_new(o, "attempt", json_integer(j->attempt));
+    json_object_set_new(o, "epoch", json_integer((json_int_t)j->epoch));
+    json_object_set_new(o, "exit_code",
+                        ended ? json_integer(j->exit_code) : json_null());
+    json_object_set_new(
+        o, "signal",
+        j->end == RSM_END_SIGNALED ? json_integer(j->signal) : json_null());
+    json_object_set_new(o, "end", json_string(rsm_job_end_name(j->end)));
+    json_object_set_new(o, "created_at", time_or_null(j->created_ms));
+    json_object_set_new(o, "started_at", time_or_null(j->started_ms));
+    json_object_set_new(o, "finished_at", time_or_null(j->finished_ms));
+    json_object_set_new(o, "not_before", time_or_null(j->not_before_ms));
+    json_object_set_new(o, "cancel_requested",
+                        json_boolean(j->cancel_requested));
+    json_object_set_new(o, "command", strv_json(&j->spec.argv));
+    json_object_set_new(
+        o, "retries",
+        json_pack("{s:I,s:I}", "max", (json_int_t)j->spec.retries_max,
+                  "backoff_s", (json_int_t)j->spec.backoff_s));
+    json_object_set_new(o, "timeout_s", json_integer(j->spec.timeout_s));
+    json_object_set_new(o, "kind", json_string(kind_names[j->spec.kind % 2]));
+    json_object_set_new(o, "tags", kv_json(j->spec.tags, j->spec.n_tags));
+    json_object_set_new(o, "env", kv_json(j->spec.env, j->spec.n_env));
+    json_object_set_new(o, "output_bytes",
+                        json_integer((json_int_t)j->out_bytes));
+    json_object_set_new(o, "output_cut", json_integer((json_int_t)j->out_cut));
+    return o;
 }

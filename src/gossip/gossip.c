@@ -9,7 +9,7 @@
 #include "log.h"
 
 #define TICK_MS 20
-#define MAX_CONNS 32
+#define MAX_CONNS 16
 #define JOIN_BACKOFF_MIN_MS 200
 #define JOIN_BACKOFF_MAX_MS 5000
 #define LEAVE_MAX_MS 1000
@@ -57,7 +57,7 @@ void gossip_config_defaults(struct gossip_config *c)
     c->load_interval_ms = 250;
     c->reap_ms = 24ull * 3600 * 1000;
     c->tcp_timeout_ms = 5000;
-    c->pushpull_max_bytes = 4u << 20;
+    c->pushpull_max_bytes = 2u << 20;
 }
 
 static bool printable(const char *s, size_t min, size_t max)
@@ -685,18 +685,30 @@ int gossip_start(struct gossip *g, char *errmsg)
     return 0;
 }
 
+static bool same_addr(const struct addr *a, const struct addr *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
 int gossip_join(struct gossip *g, const struct addr *seeds, unsigned n)
 {
-    if (n == 0) {
+    struct addr adv;
+    if (n == 0 || g->st == NULL || g->closing) {
         return ERR_INVALID;
     }
-    if (n > ARRAY_SIZE(g->seeds)) {
-        n = ARRAY_SIZE(g->seeds);
+    if (addr_parse(gossip__state_at(g->st, 0)->gossip, &adv, NULL) != 0) {
+        adv = g->cfg.bind;
     }
-    memcpy(g->seeds, seeds, n * sizeof *seeds);
-    g->n_seeds = n;
+    g->n_seeds = 0;
+    for (unsigned i = 0; i < n && g->n_seeds < ARRAY_SIZE(g->seeds); i++) {
+        /* Joining through ourselves would "succeed" and join nothing. */
+        if (same_addr(&seeds[i], &g->cfg.bind) || same_addr(&seeds[i], &adv)) {
+            continue;
+        }
+        g->seeds[g->n_seeds++] = seeds[i];
+    }
     g->seed_next = 0;
-    g->joining = true;
+    g->joining = g->n_seeds > 0;
     g->join_next_ms = 0;
     g->join_backoff_ms = JOIN_BACKOFF_MIN_MS;
     return 0;

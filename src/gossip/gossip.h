@@ -76,10 +76,11 @@ struct gossip_config
     unsigned probe_timeout_ms;     /* direct ack wait; 200 */
     unsigned indirect_checks;      /* relays asked on a failed probe; 3 */
     unsigned suspicion_min_ms;     /* min suspicion at N <= 10 (x log10 N
-                                    * above); 1000 */
+                                    * above); 750 */
     unsigned suspicion_max_mult;   /* max suspicion = this x min; 3 */
     unsigned suspicion_confirm;    /* confirmations to reach min; 2 */
-    unsigned retransmit_mult;      /* broadcast sends x ceil(log10(N+1)); 4 */
+    unsigned retransmit_mult;      /* sends = this x max(2, ceil(log10(N+1)));
+                                    * 4 */
     unsigned gossip_interval_ms;   /* broadcast round; 100 */
     unsigned gossip_nodes;         /* peers per broadcast round; 3 */
     unsigned pushpull_interval_ms; /* anti-entropy period; 30000 */
@@ -87,7 +88,7 @@ struct gossip_config
     unsigned load_interval_ms;     /* min gap between load broadcasts; 250 */
     uint64_t reap_ms;              /* drop dead/left members after; 24 h */
     unsigned tcp_timeout_ms;       /* push-pull connection deadline; 5000 */
-    uint32_t pushpull_max_bytes;   /* push-pull frame limit; 4 MiB */
+    uint32_t pushpull_max_bytes;   /* push-pull frame limit; 2 MiB */
     uint64_t incarnation;          /* start incarnation; 0 = wall seconds */
     uint64_t seed;                 /* PRNG seed; 0 = from time and id */
 };
@@ -170,8 +171,11 @@ int gossip_init(struct gossip *g,
 int gossip_start(struct gossip *g, char *errmsg);
 
 /* Join through seeds (gossip addresses): push-pull with them in turn,
- * retried with backoff (200 ms doubling to 5 s) until one answers. Returns
- * at once; 0 or ERR_INVALID (n == 0). Seeds beyond 16 are ignored. */
+ * retried with backoff (200 ms doubling to 5 s) until one answers. Seeds
+ * equal to our own address are skipped (a shared --join list may include
+ * us); if none is left there is nothing to do. Returns at once; 0, or
+ * ERR_INVALID when n == 0. Seeds beyond 16 are ignored. Precondition:
+ * gossip_init succeeded. */
 int gossip_join(struct gossip *g, const struct addr *seeds, unsigned n);
 
 /* Update the local load / meta bits. Disseminated within about one to two

@@ -14,6 +14,8 @@
 TestSuite(gossip_loop, .timeout = 60);
 
 #define N 3
+/* Realistic 64-bit ids (their msgpack size matters for the byte count). */
+#define ID_BASE 0x9e3779b97f4a7000ull
 
 struct fixture
 {
@@ -76,32 +78,37 @@ static void change_cb(struct gossip *g,
     f->changes++;
 }
 
-static void setup(struct fixture *f)
+static void start_one(struct fixture *f, unsigned i)
 {
     char errmsg[ERRMSG_SIZE];
+    struct gossip_config c;
+    gossip_config_defaults(&c);
+    snprintf(c.name, sizeof c.name, "loop%u", i);
+    c.id = ID_BASE + i;
+    strcpy(c.bind.host, "127.0.0.1");
+    c.bind.port = f->ports[i];
+    snprintf(c.api, sizeof c.api, "127.0.0.1:%u", 1000 + i);
+    c.n_tags = 1;
+    strcpy(c.tags[0].key, "role");
+    strcpy(c.tags[0].value, "test");
+    cr_assert_eq(gossip_init(&f->g[i], &f->loop, &c, errmsg), 0, "%s", errmsg);
+    cr_assert_eq(gossip_start(&f->g[i], errmsg), 0, "%s", errmsg);
+    gossip_on_change(&f->g[i], change_cb, f);
+    f->open[i] = true;
+}
+
+static void setup(struct fixture *f)
+{
     memset(f, 0, sizeof *f);
     cr_assert_eq(uv_loop_init(&f->loop), 0);
     th_free_ports(f->ports, N);
     for (unsigned i = 0; i < N; i++) {
-        struct gossip_config c;
-        gossip_config_defaults(&c);
-        snprintf(c.name, sizeof c.name, "loop%u", i);
-        c.id = 0x7000 + i;
-        strcpy(c.bind.host, "127.0.0.1");
-        c.bind.port = f->ports[i];
-        snprintf(c.api, sizeof c.api, "127.0.0.1:%u", 1000 + i);
-        c.n_tags = 1;
-        strcpy(c.tags[0].key, "role");
-        strcpy(c.tags[0].value, "test");
-        cr_assert_eq(gossip_init(&f->g[i], &f->loop, &c, errmsg), 0, "%s",
-                     errmsg);
-        cr_assert_eq(gossip_start(&f->g[i], errmsg), 0, "%s", errmsg);
-        gossip_on_change(&f->g[i], change_cb, f);
-        f->open[i] = true;
+        start_one(f, i);
     }
     for (unsigned i = 1; i < N; i++) {
-        struct addr seed = f->g[0].cfg.bind;
-        cr_assert_eq(gossip_join(&f->g[i], &seed, 1), 0);
+        /* A shared seed list that includes the joiner itself. */
+        struct addr seeds[2] = {f->g[i].cfg.bind, f->g[0].cfg.bind};
+        cr_assert_eq(gossip_join(&f->g[i], seeds, 2), 0);
     }
 }
 
@@ -174,7 +181,7 @@ static bool others_see(struct fixture *f, void *arg)
         if (i == w->subject || !f->open[i]) {
             continue;
         }
-        m = gossip_find_id(&f->g[i], 0x7000 + w->subject);
+        m = gossip_find_id(&f->g[i], ID_BASE + w->subject);
         if (m == NULL || m->state != w->state) {
             return false;
         }
@@ -198,7 +205,7 @@ Test(gossip_loop, join_detect_close)
     cr_assert_str_eq(m->api, "127.0.0.1:1000");
     cr_assert_eq(m->n_tags, 1);
     cr_assert_str_eq(m->tags[0].value, "test");
-    cr_assert_eq(gossip_member_at(&f.g[1], 0)->id, 0x7001, "self first");
+    cr_assert_eq(gossip_member_at(&f.g[1], 0)->id, ID_BASE + 1, "self first");
     cr_assert_gt(f.changes, 0);
 
     /* Idle traffic (measured, printed for docs/gossip.md). */
@@ -294,5 +301,90 @@ Test(gossip_loop, bind_conflict_is_inuse)
     c.id = 1;
     strcpy(c.name, "bad name");
     cr_assert_eq(gossip_init(&bad, &f.loop, &c, errmsg), ERR_INVALID);
+    teardown(&f);
+}
+
+static bool pair_alive(struct fixture *f, void *arg)
+{
+    const struct gossip_member *a = gossip_find_id(&f->g[0], ID_BASE + 1);
+    const struct gossip_member *b = gossip_find_id(&f->g[1], ID_BASE + 0);
+    (void)arg;
+    return a != NULL && b != NULL && a->state == GOSSIP_ALIVE &&
+           b->state == GOSSIP_ALIVE;
+}
+
+Test(gossip_loop, join_retries_until_a_seed_answers)
+{
+    struct fixture f;
+    struct addr seed;
+    memset(&f, 0, sizeof f);
+    cr_assert_eq(uv_loop_init(&f.loop), 0);
+    th_free_ports(f.ports, N);
+    start_one(&f, 1);
+    strcpy(seed.host, "127.0.0.1");
+    seed.port = f.ports[0];
+    cr_assert_eq(gossip_join(&f.g[1], &seed, 1), 0);
+    /* Nobody listens yet: a few attempts fail. */
+    cr_assert_not(run_until(&f, never, NULL, 700));
+    cr_assert_gt(f.g[1].glue_stats.pushpull_failed, 0);
+    start_one(&f, 0);
+    cr_assert(run_until(&f, pair_alive, NULL, 6000), "join never retried");
+    teardown(&f);
+}
+
+static bool counted(struct fixture *f, void *arg)
+{
+    struct gossip_stats st, st1;
+    uint64_t *want = arg;
+    gossip_stats(&f->g[0], &st);
+    gossip_stats(&f->g[1], &st1);
+    return st.dropped_malformed + st.dropped_version >= *want &&
+           st1.dropped_filter > 0;
+}
+
+static void tcp_connect_cb(uv_connect_t *req, int status)
+{
+    static const char junk[] = "\xff\xff\xff\xffgarbage";
+    uv_buf_t b = uv_buf_init((char *)junk, sizeof junk - 1);
+    (void)status;
+    if (status == 0) {
+        uv_try_write(req->handle, &b, 1);
+    }
+}
+
+Test(gossip_loop, hostile_input_is_counted)
+{
+    struct fixture f;
+    uv_udp_t u;
+    uv_tcp_t t;
+    uv_connect_t creq;
+    struct sockaddr_in sa;
+    struct prng r;
+    uint64_t want = 50;
+    setup(&f);
+    cr_assert(run_until(&f, all_alive, NULL, 5000));
+    uv_ip4_addr("127.0.0.1", f.ports[0], &sa);
+    uv_udp_init(&f.loop, &u);
+    prng_seed(&r, 42);
+    for (unsigned i = 0; i < want; i++) {
+        uint8_t junk[300];
+        uv_buf_t b;
+        size_t l = 1 + prng_below(&r, sizeof junk);
+        for (size_t j = 0; j < l; j++) {
+            junk[j] = (uint8_t)prng_next(&r);
+        }
+        junk[0] = 0x92; /* mostly arrays, to get past the first byte */
+        b = uv_buf_init((char *)junk, (unsigned)l);
+        uv_udp_try_send(&u, &b, 1, (const struct sockaddr *)&sa);
+    }
+    /* A push-pull frame announcing 4 GiB. */
+    uv_tcp_init(&f.loop, &t);
+    uv_tcp_connect(&creq, &t, (const struct sockaddr *)&sa, tcp_connect_cb);
+    gossip_set_drop(&f.g[1], 100);
+    cr_assert(run_until(&f, counted, &want, 3000), "junk not counted");
+    gossip_set_drop(&f.g[1], 0);
+    uv_close((uv_handle_t *)&u, NULL);
+    uv_close((uv_handle_t *)&t, NULL);
+    cr_assert(all_alive(&f, NULL) || run_until(&f, all_alive, NULL, 5000));
     teardown(&f);
 }

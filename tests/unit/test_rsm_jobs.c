@@ -2,6 +2,7 @@
  * leases, retention, determinism, snapshots, fuzz). */
 #include <criterion/criterion.h>
 #include <lz4.h>
+#include <lz4frame.h>
 #include <raft.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1067,4 +1068,99 @@ Test(rsm_jobs, idempotent_submit_returns_same_id)
     cr_assert_eq(r1.index, r2.index);
     cr_assert_eq(rsm_fsm_job_count(t.f), 1);
     t_fini(&t);
+}
+
+/* A one-job snapshot built by hand; variant v breaks one rule (0 = valid). */
+static void hand_snapshot(unsigned v, void **out, size_t *out_len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    LZ4F_preferences_t prefs;
+    struct rsm_cmd c = mk_submit(1, 0);
+    char z[64];
+    int zn = LZ4_compress_default("hello", z, 5, sizeof z);
+    size_t bound;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 8);
+    msgpack_pack_uint32(&pk, RSM_FORMAT_VERSION);
+    msgpack_pack_int64(&pk, 100); /* clock */
+    msgpack_pack_uint64(&pk, 9);
+    msgpack_pack_array(&pk, 1);
+    {
+        struct rsm_member m = {.id = 1, .name = "n1", .lease_until_ms = 50};
+        rsm__member_pack(&m, &pk);
+    }
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_uint64(&pk, v == 1 ? 1 : 2); /* job_seq */
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 19);
+    rsm__job_spec_pack(&c.u.job_submit, &pk);
+    msgpack_pack_uint64(&pk, 2);                /* seq */
+    msgpack_pack_uint8(&pk, RSM_JOB_RUNNING);   /* state */
+    msgpack_pack_uint32(&pk, 1);                /* attempt */
+    msgpack_pack_uint64(&pk, 3);                /* epoch */
+    msgpack_pack_uint64(&pk, v == 2 ? 0 : 1);   /* node */
+    msgpack_pack_int64(&pk, 0);                 /* not_before */
+    msgpack_pack_true(&pk);                     /* cancel */
+    msgpack_pack_uint8(&pk, 0);                 /* end */
+    msgpack_pack_uint32(&pk, 0);                /* exit */
+    msgpack_pack_uint32(&pk, 0);                /* signal */
+    msgpack_pack_int64(&pk, v == 3 ? 101 : 10); /* created */
+    msgpack_pack_int64(&pk, 20);                /* claimed */
+    msgpack_pack_int64(&pk, 30);                /* started */
+    msgpack_pack_int64(&pk, 0);                 /* finished */
+    msgpack_pack_uint64(&pk, v == 4 ? 6 : 5);   /* out_bytes */
+    msgpack_pack_uint64(&pk, 0);                /* out_cut */
+    msgpack_pack_uint64(&pk, 2);                /* next_chunk */
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_uint64(&pk, v == 5 ? 2 : 1);
+    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint32(&pk, v == 6 ? 4 : 5);
+    if (v == 7) {
+        z[0] = (char)0xff;
+        z[1] = (char)0xff;
+    }
+    msgpack_pack_bin(&pk, (size_t)zn);
+    msgpack_pack_bin_body(&pk, z, (size_t)zn);
+    rsm_cmd_clear(&c);
+    memset(&prefs, 0, sizeof prefs);
+    prefs.frameInfo.contentSize = sb.size;
+    bound = LZ4F_compressFrameBound(sb.size, &prefs);
+    *out = malloc(bound);
+    *out_len = LZ4F_compressFrame(*out, bound, sb.data, sb.size, &prefs);
+    cr_assert(!LZ4F_isError(*out_len));
+    msgpack_sbuffer_destroy(&sb);
+}
+
+Test(rsm_jobs, invalid_job_snapshots_refused)
+{
+    for (unsigned v = 0; v < 8; v++) {
+        struct rsm_fsm *g;
+        void *b;
+        size_t l;
+        char errmsg[ERRMSG_SIZE] = "";
+        int rv;
+        cr_assert_eq(rsm_fsm_create(&g), 0);
+        hand_snapshot(v, &b, &l);
+        rv = rsm_fsm_restore(g, b, l, errmsg);
+        if (v == 0) {
+            const struct rsm_chunk *ch[2];
+            char back[8];
+            cr_assert_eq(rv, 0, "%s", errmsg);
+            cr_assert_eq(rsm_fsm_job(g, 2)->state, RSM_JOB_RUNNING);
+            cr_assert_eq(rsm_fsm_jobs_of_node(g, 1, NULL, 0), 1);
+            cr_assert_eq(rsm_fsm_job_chunks(g, 2, ch, 2), 1);
+            cr_assert_eq(rsm_chunk_decode(ch[0], back), 0);
+            cr_assert_eq(memcmp(back, "hello", 5), 0);
+        } else {
+            cr_assert_eq(rv, ERR_MALFORMED, "variant %u: %d %s", v, rv, errmsg);
+            cr_assert_eq(rsm_fsm_job_count(g), 0);
+        }
+        free(b);
+        rsm_fsm_destroy(g);
+    }
 }
