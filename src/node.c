@@ -173,6 +173,7 @@ int node_init(struct node *n, uv_loop_t *loop, const struct config *cfg)
 #define NODE_M_HTTP 4u
 #define NODE_M_GOSSIP 8u
 #define NODE_M_TIMERS 16u
+#define NODE_M_SCHED 32u
 
 #define META_IN_CLUSTER 1u
 #define TICK_MS 200
@@ -290,9 +291,38 @@ static void applied_cb(struct rsm *r,
 {
     struct node *n = ud;
     UNUSED(r);
+    if (n->started & NODE_M_SCHED) {
+        sched_on_applied(&n->sched, cmd, res);
+    }
     if (n->started & NODE_M_HTTP) {
         api_on_applied(&n->api, cmd, res);
     }
+}
+
+/* The scheduler's view of the cluster: gossip members (alive, load, tags,
+ * draining); sched checks leases against the replicated state itself. */
+static unsigned peers_cb(void *ud, struct sched_peer *out, unsigned max)
+{
+    struct node *n = ud;
+    unsigned total = gossip_count(&n->gossip);
+    unsigned k = 0;
+    for (unsigned i = 0; i < total && k < max; i++) {
+        const struct gossip_member *m = gossip_member_at(&n->gossip, i);
+        struct sched_peer *p = &out[k++];
+        memset(p, 0, sizeof *p);
+        p->id = m->id;
+        p->slots = m->load.slots;
+        p->running = m->load.running;
+        p->alive = m->state == GOSSIP_ALIVE;
+        p->draining = (m->meta & GOSSIP_META_DRAINING) != 0;
+        for (unsigned t = 0; t < m->n_tags && t < SCHED_TAGS_MAX; t++) {
+            str_copy(p->tags[t].key, sizeof p->tags[t].key, m->tags[t].key);
+            str_copy(p->tags[t].value, sizeof p->tags[t].value,
+                     m->tags[t].value);
+            p->n_tags = t + 1;
+        }
+    }
+    return k;
 }
 
 static void member_changed_cb(struct gossip *g,
@@ -448,6 +478,9 @@ static void update_load(struct node *n)
 
     memset(&load, 0, sizeof load);
     load.slots = n->cfg.slots;
+    if (n->started & NODE_M_SCHED) {
+        load.running = sched_running(&n->sched);
+    }
     if (getloadavg(avg, 1) == 1 && avg[0] >= 0) {
         load.load1_milli = (uint32_t)(avg[0] * 1000.0);
     }
@@ -602,6 +635,35 @@ int node_start(struct node *n)
     if (n->cfg.n_join > 0) {
         gossip_join(&n->gossip, n->cfg.join, n->cfg.n_join);
     }
+
+    /* 4. the scheduler (owns the executor/fence helper) */
+    {
+        struct sched_config sc;
+        sched_config_defaults(&sc);
+        sc.node_id = n->id;
+        str_copy(sc.node_name, sizeof sc.node_name, n->name);
+        sc.slots = n->cfg.slots;
+        for (unsigned i = 0; i < n->cfg.n_tags && i < SCHED_TAGS_MAX; i++) {
+            str_copy(sc.tags[i].key, sizeof sc.tags[i].key, n->cfg.tags[i].key);
+            str_copy(sc.tags[i].value, sizeof sc.tags[i].value,
+                     n->cfg.tags[i].value);
+            sc.n_tags = i + 1;
+        }
+        sc.lease_ms = n->cfg.lease_ms;
+        snprintf(path, sizeof path, "%s/work", n->cfg.data_dir);
+        str_copy(sc.work_root, sizeof sc.work_root, path);
+        sc.peers = peers_cb;
+        sc.peers_ud = n;
+        rv = sched_init(&n->sched, n->loop, &sc, n->rsm, n->errmsg);
+        if (rv != 0) {
+            return rv;
+        }
+        n->started |= NODE_M_SCHED;
+        rv = sched_start(&n->sched, n->errmsg);
+        if (rv != 0) {
+            return rv;
+        }
+    }
     update_load(n);
 
     uv_timer_start(&n->tick, tick_cb, 0, TICK_MS);
@@ -631,6 +693,13 @@ static void handle_closed_cb(uv_handle_t *h)
             n->close_cb(n);
         }
     }
+}
+
+static void sched_closed_cb(struct sched *s)
+{
+    struct node *n = (struct node *)((char *)s - offsetof(struct node, sched));
+    n->started &= ~NODE_M_SCHED;
+    close_step(n);
 }
 
 static void http_closed_cb(struct http_server *s)
@@ -665,6 +734,10 @@ static void rsm_closed_cb(struct rsm *r, void *data)
 
 static void close_step(struct node *n)
 {
+    if (n->started & NODE_M_SCHED) {
+        sched_close(&n->sched, sched_closed_cb);
+        return;
+    }
     if (n->started & NODE_M_HTTP) {
         api_shutdown(&n->api);
         http_server_close(&n->http, http_closed_cb);

@@ -14,6 +14,7 @@
 #include "gossip/gossip.h"
 #include "httpc.h"
 #include "raft/rsm.h"
+#include "sched/sched.h"
 
 struct node;
 typedef void (*node_close_cb)(struct node *n);
@@ -31,6 +32,7 @@ struct node
     struct httpc httpc;      /* forwarding client */
     struct gossip gossip;    /* membership */
     struct api api;          /* routes */
+    struct sched sched;      /* claims, leases, execution */
     uv_timer_t tick;         /* bootstrap, registration, load */
     uv_signal_t sigint;      /* graceful shutdown */
     uv_signal_t sigterm;     /* graceful shutdown */

@@ -678,8 +678,10 @@ static json_t *time_or_null(int64_t ms)
 json_t *api__job_to_json(const struct rsm_fsm *f, const struct rsm_job *j)
 {
     char id[RSM_JOB_ID_MAX];
-    const struct rsm_member *m =
-        j->node != 0 ? rsm_fsm_member(f, j->node) : NULL;
+    /* "node": the holder while claimed/running, else the node that ran the
+     * last attempt. */
+    uint64_t node = j->node != 0 ? j->node : j->last_node;
+    const struct rsm_member *m = node != 0 ? rsm_fsm_member(f, node) : NULL;
     json_t *o = json_object();
     bool ended = j->end == RSM_END_EXITED;
 
@@ -703,9 +705,9 @@ json_t *api__job_to_json(const struct rsm_fsm *f, const struct rsm_job *j)
     json_object_set_new(o, "state", json_string(rsm_job_state_name(j->state)));
     if (m != NULL) {
         json_object_set_new(o, "node", json_string(m->name));
-    } else if (j->node != 0) {
+    } else if (node != 0) {
         char hex[24];
-        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)j->node);
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)node);
         json_object_set_new(o, "node", json_string(hex));
     } else {
         json_object_set_new(o, "node", json_null());

@@ -161,6 +161,7 @@ struct rsm_job
     uint32_t attempt;      /* 1-based, current or last attempt */
     uint64_t epoch;        /* fencing token; +1 per granted claim; 0 = never */
     uint64_t node;         /* claim holder, 0 = none */
+    uint64_t last_node;    /* node granted the last attempt, 0 = never */
     int64_t not_before_ms; /* FSM time before which no claim (retry_wait) */
     bool cancel_requested; /* set by CANCEL while claimed/running */
     uint8_t end;           /* enum rsm_job_end of the last attempt */

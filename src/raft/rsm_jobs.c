@@ -11,7 +11,7 @@
 #include "raft/rsm_int.h"
 #include "util.h"
 
-#define JOB_FIELDS 19
+#define JOB_FIELDS 20
 #define CHUNK_FIELDS 5   /* seq, offset, stream, raw_len, data */
 #define COMPACT_MIN 64   /* holes tolerated before compacting a vector */
 #define CHUNK_GAP_MIN 32 /* dropped chunk slots tolerated in a job */
@@ -369,6 +369,7 @@ static int apply_claim(struct rsm_fsm *f,
     }
     j->state = RSM_JOB_CLAIMED;
     j->node = m->id;
+    j->last_node = m->id;
     j->epoch++;
     j->claimed_ms = f->clock;
     j->started_ms = 0;
@@ -737,6 +738,7 @@ static int pack_job(const struct rsm__job *r, msgpack_packer *pk)
         msgpack_pack_uint64(pk, j->out_bytes) != 0 ||
         msgpack_pack_uint64(pk, j->out_cut) != 0 ||
         msgpack_pack_uint64(pk, j->next_chunk) != 0 ||
+        msgpack_pack_uint64(pk, j->last_node) != 0 ||
         msgpack_pack_array(pk, j->out_chunks) != 0) {
         return ERR_NOMEM;
     }
@@ -904,6 +906,7 @@ static int load_job(const msgpack_object *o,
         !rsm__get_u64(&jf[15], UINT64_MAX, &j->out_bytes) ||
         !rsm__get_u64(&jf[16], UINT64_MAX, &j->out_cut) ||
         !rsm__get_u64(&jf[17], UINT64_MAX, &j->next_chunk) ||
+        !rsm__get_u64(&jf[18], UINT64_MAX, &j->last_node) ||
         j->next_chunk == 0 || j->out_cut > j->out_bytes || j->exit_code > 255 ||
         j->signal > 255) {
         errmsg_printf(errmsg, "bad field");
@@ -920,7 +923,7 @@ static int load_job(const msgpack_object *o,
         errmsg_printf(errmsg, "inconsistent state");
         return ERR_MALFORMED;
     }
-    return load_chunks(r, &jf[18], errmsg);
+    return load_chunks(r, &jf[19], errmsg);
 }
 
 static int cmp_finished(const void *a, const void *b)
