@@ -8,172 +8,12 @@
 #include <unistd.h>
 
 #include "lib/harness.h"
+#include "lib/procs.h"
 
 TestSuite(cluster, .timeout = 180);
 
-#define MAXN 6
-
-struct cl {
-    char root[256];
-    struct th_agent a[MAXN];
-    int n;
-};
-
-/* Short timeouts so failure detection and failover are quick in tests. */
-static const char *const fast[] = {"--election-ms", "300", "--heartbeat-ms",
-                                   "30", "--gossip-interval-ms", "200",
-                                   "--segment-kib", "512", "--log-level",
-                                   "info", NULL};
-
-static void start_one(struct cl *c, int i, const char *join, int expect)
-{
-    const char *argv[32];
-    int k = 0;
-    char ebuf[8];
-    for (int j = 0; fast[j] != NULL; j++) {
-        argv[k++] = fast[j];
-    }
-    if (join != NULL) {
-        argv[k++] = "--join";
-        argv[k++] = join;
-    }
-    if (expect > 0) {
-        snprintf(ebuf, sizeof ebuf, "%d", expect);
-        argv[k++] = "--bootstrap-expect";
-        argv[k++] = ebuf;
-    }
-    argv[k] = NULL;
-    th_agent_start(&c->a[i], argv);
-}
-
-static void cl_start(struct cl *c, int n, const char *tag)
-{
-    memset(c, 0, sizeof *c);
-    th_tmpdir(c->root, sizeof c->root, tag);
-    c->n = n;
-    for (int i = 0; i < n; i++) {
-        char name[16];
-        snprintf(name, sizeof name, "n%d", i + 1);
-        th_agent_prepare(&c->a[i], c->root, name);
-    }
-    for (int i = 0; i < n; i++) {
-        start_one(c, i, i == 0 ? NULL : c->a[0].gossip_addr, n);
-    }
-}
-
-static void cl_stop(struct cl *c, bool ok)
-{
-    for (int i = 0; i < c->n; i++) {
-        if (!ok) {
-            th_dump_log(&c->a[i]);
-        }
-        th_agent_stop(&c->a[i], 10000);
-    }
-    if (ok) {
-        th_rmrf(c->root);
-    }
-}
-
-static json_t *cluster_of(const struct th_agent *a)
-{
-    char url[64];
-    snprintf(url, sizeof url, "http://%s/v1/cluster", a->api_addr);
-    return th_get_json(url);
-}
-
-/* state of member `name` in a's view, "" if absent */
-static void state_of(const struct th_agent *a, const char *name, char *out)
-{
-    json_t *j = cluster_of(a);
-    size_t i;
-    json_t *m;
-    out[0] = '\0';
-    if (j == NULL) {
-        return;
-    }
-    json_array_foreach(json_object_get(j, "nodes"), i, m)
-    {
-        if (strcmp(json_string_value(json_object_get(m, "name")), name) ==
-            0) {
-            snprintf(out, 16, "%s",
-                     json_string_value(json_object_get(m, "state")));
-        }
-    }
-    json_decref(j);
-}
-
-struct view_arg {
-    struct cl *c;
-    const char *who;      /* member to check, NULL = all */
-    const char *want;     /* state */
-    int skip;             /* observer index to skip */
-};
-
-static bool all_see(void *p)
-{
-    struct view_arg *v = p;
-    for (int i = 0; i < v->c->n; i++) {
-        if (i == v->skip || v->c->a[i].pid == 0) {
-            continue;
-        }
-        for (int k = 0; k < v->c->n; k++) {
-            char st[16];
-            if (v->who != NULL && strcmp(v->c->a[k].name, v->who) != 0) {
-                continue;
-            }
-            state_of(&v->c->a[i], v->c->a[k].name, st);
-            if (strcmp(st, v->want) != 0) {
-                return false;
-            }
-        }
-    }
-    return true;
-}
-
-static void leader_of(const struct th_agent *a, char *out)
-{
-    json_t *j = cluster_of(a);
-    out[0] = '\0';
-    if (j != NULL && json_is_string(json_object_get(j, "leader"))) {
-        snprintf(out, 16, "%s",
-                 json_string_value(json_object_get(j, "leader")));
-    }
-    json_decref(j);
-}
-
-static bool same_leader(void *p)
-{
-    struct cl *c = p;
-    char first[16] = "";
-    for (int i = 0; i < c->n; i++) {
-        char l[16];
-        if (c->a[i].pid == 0) {
-            continue;
-        }
-        leader_of(&c->a[i], l);
-        if (l[0] == '\0') {
-            return false;
-        }
-        if (first[0] == '\0') {
-            strcpy(first, l);
-        } else if (strcmp(first, l) != 0) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static int index_of(struct cl *c, const char *name)
-{
-    for (int i = 0; i < c->n; i++) {
-        if (strcmp(c->a[i].name, name) == 0) {
-            return i;
-        }
-    }
-    return -1;
-}
-
-static long create_pipeline(const struct th_agent *a, const char *name,
+static long create_pipeline(const struct th_agent *a,
+                            const char *name,
                             const char *idem)
 {
     char url[64], body[256], hdr[128];
@@ -204,21 +44,21 @@ Test(cluster, three_nodes_meet_elect_and_replicate)
     bool ok = false;
 
     cl_start(&c, 3, "meet");
-    cr_assert(th_wait(all_see, &v, 15000), "members never all alive");
-    cr_assert(th_wait(same_leader, &c, 15000), "no common leader");
-    leader_of(&c.a[0], leader);
-    li = index_of(&c, leader);
+    cr_assert(th_wait(cl_all_see, &v, 15000), "members never all alive");
+    cr_assert(th_wait(cl_same_leader, &c, 15000), "no common leader");
+    cl_leader_of(&c.a[0], leader);
+    li = cl_index_of(&c, leader);
     fi = (li + 1) % 3;
     /* a pipeline created through a follower is readable everywhere */
     cr_assert_eq(create_pipeline(&c.a[fi], "p-follower", NULL), 201);
     for (int i = 0; i < 3; i++) {
-        struct {
+        struct
+        {
             const struct th_agent *a;
         } x = {&c.a[i]};
         (void)x;
         uint64_t deadline = th_now_ms() + 5000;
-        while (!has_pipeline(&c.a[i], "p-follower") &&
-               th_now_ms() < deadline) {
+        while (!has_pipeline(&c.a[i], "p-follower") && th_now_ms() < deadline) {
             usleep(20000);
         }
         cr_assert(has_pipeline(&c.a[i], "p-follower"), "missing on %s",
@@ -230,7 +70,7 @@ Test(cluster, three_nodes_meet_elect_and_replicate)
 
 static int count_state(const struct th_agent *obs, const char *state)
 {
-    json_t *j = cluster_of(obs);
+    json_t *j = cl_cluster_of(obs);
     size_t i;
     json_t *m;
     int n = 0;
@@ -257,22 +97,23 @@ Test(cluster, kill9_detected_dead_then_restart_alive)
     uint64_t t0, dt;
 
     cl_start(&c, 3, "kill9");
-    cr_assert(th_wait(all_see, &alive, 15000), "members never all alive");
+    cr_assert(th_wait(cl_all_see, &alive, 15000), "members never all alive");
     t0 = th_now_ms();
     th_agent_kill(&c.a[2]);
-    cr_assert(th_wait(all_see, &dead, 10000), "n3 not declared dead");
+    cr_assert(th_wait(cl_all_see, &dead, 10000), "n3 not declared dead");
     dt = th_now_ms() - t0;
     cr_log_info("kill -9 detected dead by all in %llu ms",
                 (unsigned long long)dt);
     /* docs/gossip.md bound for 3 nodes at a 200 ms probe interval */
     cr_expect_lt(dt, 5000);
-    start_one(&c, 2, c.a[0].gossip_addr, 3);
-    cr_assert(th_wait(all_see, &back, 15000), "n3 not alive after restart");
+    cl_start_one(&c, 2, c.a[0].gossip_addr, 3);
+    cr_assert(th_wait(cl_all_see, &back, 15000), "n3 not alive after restart");
     cr_assert_eq(count_state(&c.a[0], "alive"), 3);
     cl_stop(&c, true);
 }
 
-struct join_arg {
+struct join_arg
+{
     struct cl *c;
     int n;
 };
@@ -290,7 +131,7 @@ static bool all_count_alive(void *p)
 
 static int count_role(const struct th_agent *obs, const char *role)
 {
-    json_t *j = cluster_of(obs);
+    json_t *j = cl_cluster_of(obs);
     size_t i;
     json_t *m;
     int n = 0;
@@ -307,7 +148,8 @@ static int count_role(const struct th_agent *obs, const char *role)
     return n;
 }
 
-struct role_arg {
+struct role_arg
+{
     struct cl *c;
     const char *role;
     int want;
@@ -317,8 +159,8 @@ static bool role_count_is(void *p)
 {
     struct role_arg *r = p;
     char l[16];
-    leader_of(&r->c->a[0], l);
-    int li = index_of(r->c, l);
+    cl_leader_of(&r->c->a[0], l);
+    int li = cl_index_of(r->c, l);
     return li >= 0 && count_role(&r->c->a[li], r->role) == r->want;
 }
 
@@ -331,15 +173,15 @@ Test(cluster, joiners_through_any_member_and_five_voters)
     struct role_arg v5 = {&c, "voter", 5};
 
     cl_start(&c, 3, "join");
-    cr_assert(th_wait(all_see, &alive, 15000));
-    cr_assert(th_wait(same_leader, &c, 15000));
+    cr_assert(th_wait(cl_all_see, &alive, 15000));
+    cr_assert(th_wait(cl_same_leader, &c, 15000));
     /* the 4th joins through n2, the 5th through n3 */
     th_agent_prepare(&c.a[3], c.root, "n4");
     th_agent_prepare(&c.a[4], c.root, "n5");
     c.n = 5;
-    start_one(&c, 3, c.a[1].gossip_addr, 0);
+    cl_start_one(&c, 3, c.a[1].gossip_addr, 0);
     cr_assert(th_wait(all_count_alive, &j4, 15000), "n4 not seen by all");
-    start_one(&c, 4, c.a[2].gossip_addr, 0);
+    cl_start_one(&c, 4, c.a[2].gossip_addr, 0);
     cr_assert(th_wait(all_count_alive, &j5, 15000), "n5 not seen by all");
     cr_assert(th_wait(role_count_is, &v5, 30000), "voter count never 5");
     cr_assert_eq(create_pipeline(&c.a[4], "from-n5", NULL), 201);
@@ -356,7 +198,8 @@ static bool pipeline_everywhere(struct cl *c, const char *name)
     return true;
 }
 
-struct pe_arg {
+struct pe_arg
+{
     struct cl *c;
     const char *name;
 };
@@ -379,11 +222,11 @@ Test(cluster, leader_kill9_failover_and_catch_up)
     struct pe_arg pb = {&c, "after-kill"};
 
     cl_start(&c, 3, "failover");
-    cr_assert(th_wait(all_see, &alive, 15000));
-    cr_assert(th_wait(same_leader, &c, 15000));
+    cr_assert(th_wait(cl_all_see, &alive, 15000));
+    cr_assert(th_wait(cl_same_leader, &c, 15000));
     cr_assert_eq(create_pipeline(&c.a[0], "before-kill", NULL), 201);
-    leader_of(&c.a[0], leader);
-    li = index_of(&c, leader);
+    cl_leader_of(&c.a[0], leader);
+    li = cl_index_of(&c, leader);
     other = (li + 1) % 3;
     t0 = th_now_ms();
     th_agent_kill(&c.a[li]);
@@ -403,7 +246,7 @@ Test(cluster, leader_kill9_failover_and_catch_up)
     cr_assert(has_pipeline(&c.a[other], "before-kill"),
               "acknowledged write lost");
     /* the killed node restarts from its data dir and catches up */
-    start_one(&c, li, c.a[other].gossip_addr, 3);
+    cl_start_one(&c, li, c.a[other].gossip_addr, 3);
     cr_assert(th_wait(pe_cond, &pa, 15000));
     cr_assert(th_wait(pe_cond, &pb, 15000));
     cl_stop(&c, true);
@@ -418,8 +261,8 @@ Test(cluster, idempotency_key_across_nodes_creates_one)
     json_t *j;
 
     cl_start(&c, 3, "idem");
-    cr_assert(th_wait(all_see, &alive, 15000));
-    cr_assert(th_wait(same_leader, &c, 15000));
+    cr_assert(th_wait(cl_all_see, &alive, 15000));
+    cr_assert(th_wait(cl_same_leader, &c, 15000));
     for (int i = 0; i < 3; i++) {
         long code = create_pipeline(&c.a[i], "idem-p", "same-key-1");
         cr_assert_eq(code, 201, "attempt %d through %s: %ld", i, c.a[i].name,
@@ -443,7 +286,8 @@ Test(cluster, malformed_http_gets_4xx_json_and_node_keeps_serving)
     char url[128];
     char *body = NULL;
     char *big;
-    struct {
+    struct
+    {
         const char *method;
         const char *path;
         const char *body;
@@ -462,20 +306,19 @@ Test(cluster, malformed_http_gets_4xx_json_and_node_keeps_serving)
     cl_start(&c, 1, "badhttp");
     {
         struct view_arg alive = {&c, NULL, "alive", -1};
-        cr_assert(th_wait(all_see, &alive, 15000));
-        cr_assert(th_wait(same_leader, &c, 15000));
+        cr_assert(th_wait(cl_all_see, &alive, 15000));
+        cr_assert(th_wait(cl_same_leader, &c, 15000));
     }
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         json_t *j;
         snprintf(url, sizeof url, "http://%s%s", c.a[0].api_addr,
                  cases[i].path);
         long code = th_http(cases[i].method, url, cases[i].body, NULL, &body);
-        cr_assert_eq(code, cases[i].want, "%s %s -> %ld (%s)",
-                     cases[i].method, cases[i].path, code,
-                     body != NULL ? body : "");
+        cr_assert_eq(code, cases[i].want, "%s %s -> %ld (%s)", cases[i].method,
+                     cases[i].path, code, body != NULL ? body : "");
         j = json_loads(body != NULL ? body : "", 0, NULL);
-        cr_assert(json_is_string(json_object_get(json_object_get(j, "error"),
-                                                 "message")),
+        cr_assert(json_is_string(
+                      json_object_get(json_object_get(j, "error"), "message")),
                   "no JSON error body: %s", body);
         json_decref(j);
         free(body);
@@ -493,7 +336,8 @@ Test(cluster, malformed_http_gets_4xx_json_and_node_keeps_serving)
     cl_stop(&c, true);
 }
 
-struct count_arg {
+struct count_arg
+{
     struct cl *c;
     size_t want;
 };
@@ -530,8 +374,8 @@ Test(cluster, thousand_writes_survive_a_leader_kill)
     struct count_arg ca = {&c, 1000};
 
     cl_start(&c, 3, "thousand");
-    cr_assert(th_wait(all_see, &alive, 15000));
-    cr_assert(th_wait(same_leader, &c, 15000));
+    cr_assert(th_wait(cl_all_see, &alive, 15000));
+    cr_assert(th_wait(cl_same_leader, &c, 15000));
     for (int i = 0; i < 1000; i++) {
         char name[16], key[24];
         uint64_t deadline = th_now_ms() + 15000;
@@ -540,8 +384,8 @@ Test(cluster, thousand_writes_survive_a_leader_kill)
         snprintf(key, sizeof key, "key-w%d", i);
         if (i == 300) {
             char leader[16];
-            leader_of(&c.a[0], leader);
-            killed = index_of(&c, leader);
+            cl_leader_of(&c.a[0], leader);
+            killed = cl_index_of(&c, leader);
             th_agent_kill(&c.a[killed]);
         }
         for (int attempt = 0; th_now_ms() < deadline; attempt++) {
@@ -559,7 +403,7 @@ Test(cluster, thousand_writes_survive_a_leader_kill)
         acked++;
     }
     cr_assert_eq(acked, 1000);
-    start_one(&c, killed, c.a[(killed + 1) % 3].gossip_addr, 3);
+    cl_start_one(&c, killed, c.a[(killed + 1) % 3].gossip_addr, 3);
     cr_assert(th_wait(all_have_count, &ca, 20000),
               "not every node holds all 1000 acknowledged writes");
     cl_stop(&c, true);
