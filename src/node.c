@@ -588,6 +588,7 @@ int node_start(struct node *n)
     deps.gossip = &n->gossip;
     deps.node_name = n->name;
     deps.node_id = n->id;
+    deps.sched = &n->sched;
     deps.check_schedule = check_schedule;
     rv = api_init(&n->api, &deps);
     if (rv != 0) {

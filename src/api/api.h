@@ -9,6 +9,7 @@
 #include "api/http.h"
 #include "gossip/gossip.h"
 #include "raft/rsm.h"
+#include "sched/sched.h"
 
 struct api_deps
 {
@@ -17,6 +18,7 @@ struct api_deps
     struct gossip *gossip;    /* borrowed */
     const char *node_name;    /* borrowed */
     uint64_t node_id;
+    struct sched *sched; /* borrowed; NULL: /v1/status reports no jobs */
     /* Schedule validation (cron + time zone); NULL accepts any string. */
     int (*check_schedule)(const char *schedule, const char *tz, char *errmsg);
 };

@@ -638,6 +638,22 @@ uint64_t rsm_last_applied(const struct rsm *r)
     return raft_last_applied((struct raft *)&r->raft);
 }
 
+uint64_t rsm_term(const struct rsm *r)
+{
+    if (!r->raft_started) {
+        return 0;
+    }
+    return (uint64_t)r->raft.current_term;
+}
+
+uint64_t rsm_commit_index(const struct rsm *r)
+{
+    if (!r->raft_started) {
+        return 0;
+    }
+    return (uint64_t)r->raft.commit_index;
+}
+
 void rsm_member_seen(struct rsm *r,
                      uint64_t id,
                      const char *raft_addr,

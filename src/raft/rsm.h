@@ -166,6 +166,10 @@ uint64_t rsm_leader_id(const struct rsm *r); /* 0 if unknown */
 enum rsm_role rsm_role_of(const struct rsm *r, uint64_t id);
 const struct rsm_fsm *rsm_state(const struct rsm *r);
 uint64_t rsm_last_applied(const struct rsm *r);
+/* (Added, diagnostics for /v1/status.) Raft's current term and commit
+ * index as this node knows them; 0 before raft runs. */
+uint64_t rsm_term(const struct rsm *r);
+uint64_t rsm_commit_index(const struct rsm *r);
 
 typedef void (*rsm_close_cb)(struct rsm *r, void *data);
 /* Fail pending proposals with ERR_SHUTDOWN, raft_close, close handles,
