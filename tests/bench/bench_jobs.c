@@ -1,0 +1,447 @@
+/* Benchmark: jobs on 3 nodes: throughput of /bin/true jobs versus the bare
+ * posix_spawn rate, failover after kill -9 of the holder (lease 3000 and
+ * 1500 ms), live tail latency over SSE from another node, and RSS with a
+ * large finished-job history. */
+#include <curl/curl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench/common.h"
+
+extern char **environ;
+
+static char ticker_path[PATH_MAX + 32];
+
+/* --- bare spawn baseline ------------------------------------------- */
+
+static void *spawner(void *arg)
+{
+    int n = *(int *)arg;
+    char *const av[] = {(char *)"/bin/true", NULL};
+    for (int i = 0; i < n; i++) {
+        pid_t pid;
+        int st;
+        if (posix_spawn(&pid, "/bin/true", NULL, NULL, av, environ) == 0) {
+            waitpid(pid, &st, 0);
+        }
+    }
+    return NULL;
+}
+
+static double spawn_rate(int per_thread)
+{
+    pthread_t t[2];
+    uint64_t t0 = bn_mono_us();
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&t[i], NULL, spawner, &per_thread);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+    }
+    return 2.0 * per_thread / ((double)(bn_mono_us() - t0) / 1e6);
+}
+
+/* --- submits ------------------------------------------------------- */
+
+struct submits
+{
+    struct bn *c;
+    uint64_t n; /* 0: unbounded */
+};
+
+static bool submit_next(void *ud,
+                        uint64_t i,
+                        const char **method,
+                        char *url,
+                        size_t url_size,
+                        char *body,
+                        size_t body_size)
+{
+    struct submits *s = ud;
+    if (s->n > 0 && i >= s->n) {
+        return false;
+    }
+    *method = "POST";
+    snprintf(url, url_size, "http://%s/v1/jobs",
+             s->c->a[i % (uint64_t)s->c->n].api_addr);
+    snprintf(body, body_size, "{\"command\":[\"/bin/true\"]}");
+    return true;
+}
+
+static int64_t finished_jobs(struct bn *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        json_t *s = bn_status(c, i);
+        if (s != NULL) {
+            int64_t v = bn_jint(s, "jobs.by_state.succeeded") +
+                        bn_jint(s, "jobs.by_state.failed") +
+                        bn_jint(s, "jobs.by_state.cancelled");
+            json_decref(s);
+            return v;
+        }
+    }
+    return -1;
+}
+
+static int64_t last_seq(struct bn *c)
+{
+    json_t *s = bn_status(c, 0);
+    int64_t v = bn_jint(s, "jobs.last_seq");
+    json_decref(s);
+    return v;
+}
+
+/* Submit n /bin/true jobs (16 in flight over all nodes) and wait until
+ * they all finished; returns jobs/s from the first submit. */
+static double throughput(struct bn *c, uint64_t n, double *submit_rate)
+{
+    struct submits s = {c, n};
+    struct bn_load ld;
+    int64_t base = finished_jobs(c);
+    uint64_t t0 = bn_mono_us();
+    uint64_t deadline;
+    bn_run_load(16, 0, submit_next, NULL, &s, &ld);
+    *submit_rate = (double)ld.ok / ld.elapsed_s;
+    deadline = bn_mono_us() + 300000000u;
+    while (bn_mono_us() < deadline) {
+        if (finished_jobs(c) - base >= (int64_t)ld.ok) {
+            break;
+        }
+        usleep(20000);
+    }
+    printf(
+        "  %llu submitted (%llu failed) in %.2f s, all finished after "
+        "%.2f s\n",
+        (unsigned long long)ld.ok, (unsigned long long)ld.failed, ld.elapsed_s,
+        (double)(bn_mono_us() - t0) / 1e6);
+    return (double)ld.ok / ((double)(bn_mono_us() - t0) / 1e6);
+}
+
+/* --- one job helpers ------------------------------------------------ */
+
+static bool submit_one(struct bn *c, int via, const char *body, char *id)
+{
+    char url[80];
+    char *resp = NULL;
+    json_t *j;
+    long code;
+    snprintf(url, sizeof url, "http://%s/v1/jobs", c->a[via].api_addr);
+    code = th_http("POST", url, body, NULL, &resp);
+    j = json_loads(resp != NULL ? resp : "", 0, NULL);
+    id[0] = '\0';
+    if (json_is_string(json_object_get(j, "id"))) {
+        snprintf(id, 24, "%s", json_string_value(json_object_get(j, "id")));
+    }
+    json_decref(j);
+    free(resp);
+    return code == 201 && id[0] != '\0';
+}
+
+/* state and node of a job as seen by agent via */
+static void job_where(struct bn *c, int via, const char *id, char *st, char *nd)
+{
+    char url[96];
+    json_t *j;
+    snprintf(url, sizeof url, "http://%s/v1/jobs/%s", c->a[via].api_addr, id);
+    j = th_get_json(url);
+    snprintf(st, 24, "%s",
+             json_is_string(json_object_get(j, "state"))
+                 ? json_string_value(json_object_get(j, "state"))
+                 : "");
+    snprintf(nd, 24, "%s",
+             json_is_string(json_object_get(j, "node"))
+                 ? json_string_value(json_object_get(j, "node"))
+                 : "");
+    json_decref(j);
+}
+
+static int index_of(struct bn *c, const char *name)
+{
+    for (int i = 0; i < c->n; i++) {
+        if (strcmp(c->a[i].name, name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static int wait_running(struct bn *c, const char *id, unsigned ms)
+{
+    uint64_t end = th_now_ms() + ms;
+    while (th_now_ms() < end) {
+        char st[24];
+        char nd[24];
+        job_where(c, 0, id, st, nd);
+        if (strcmp(st, "running") == 0) {
+            return index_of(c, nd);
+        }
+        usleep(10000);
+    }
+    return -1;
+}
+
+/* --- failover ------------------------------------------------------- */
+
+static double failover_trial(struct bn *c, int t, const char *const *extra)
+{
+    char id[24];
+    int holder;
+    int via;
+    uint64_t t0;
+    double ms = -1;
+    char url[96];
+
+    if (!submit_one(c, t % c->n,
+                    "{\"command\":[\"/bin/sleep\",\"60\"],\"retries\":3}",
+                    id) ||
+        (holder = wait_running(c, id, 20000)) < 0) {
+        fprintf(stderr, "failover trial %d: job never ran\n", t);
+        return -1;
+    }
+    via = (holder + 1) % c->n;
+    t0 = bn_mono_us();
+    th_agent_kill(&c->a[holder]);
+    while (bn_mono_us() - t0 < 60000000u) {
+        char st[24];
+        char nd[24];
+        job_where(c, via, id, st, nd);
+        if (strcmp(st, "running") == 0 && nd[0] != '\0' &&
+            strcmp(nd, c->a[holder].name) != 0) {
+            ms = (double)(bn_mono_us() - t0) / 1000.0;
+            break;
+        }
+        usleep(5000);
+    }
+    printf("  failover trial %d: killed %s, running elsewhere after %.1f ms\n",
+           t, c->a[holder].name, ms);
+    snprintf(url, sizeof url, "http://%s/v1/jobs/%s/cancel", c->a[via].api_addr,
+             id);
+    th_http("POST", url, "", NULL, NULL);
+    if (!bn_restart_wait(c, holder, 20000)) {
+        printf("  restart of %s failed: fresh cluster\n", c->a[holder].name);
+        bn_stop(c);
+        if (!bn_start(c, 3, "bench-jobs", extra)) {
+            fprintf(stderr, "cluster did not form\n");
+            exit(1);
+        }
+    }
+    return ms;
+}
+
+static void failover(struct bn *c,
+                     int trials,
+                     const char *lease,
+                     const char *const *extra)
+{
+    double v[64];
+    int ok = 0;
+    char note[160];
+    char metric[64];
+    for (int t = 0; t < trials; t++) {
+        double ms = failover_trial(c, t, extra);
+        if (ms >= 0) {
+            v[ok++] = ms;
+        }
+    }
+    snprintf(note, sizeof note,
+             "median of %d/%d kill -9 of the holder, --lease-ms %s", ok, trials,
+             lease);
+    snprintf(metric, sizeof metric, "failover_lease%s_median", lease);
+    bn_result("jobs", metric, bn_median(v, ok), "ms", note);
+    snprintf(metric, sizeof metric, "failover_lease%s_p90", lease);
+    bn_result("jobs", metric, bn_pct(v, ok, 90), "ms", "");
+}
+
+/* --- live tail ------------------------------------------------------- */
+
+struct tail
+{
+    char line[256];
+    size_t len;
+    double lat_ms[4096];
+    int n;
+    int64_t connected_ns;
+};
+
+static size_t tail_cb(char *p, size_t sz, size_t nm, void *ud)
+{
+    struct tail *t = ud;
+    size_t n = sz * nm;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '\n') {
+            if (t->len + 1 < sizeof t->line) {
+                t->line[t->len++] = p[i];
+            }
+            continue;
+        }
+        t->line[t->len] = '\0';
+        {
+            long long ns;
+            if (sscanf(t->line, "data: T %lld", &ns) == 1 &&
+                ns >= t->connected_ns && t->n < 4096) {
+                t->lat_ms[t->n++] = (double)(bn_real_us() * 1000 - ns) / 1e6;
+            }
+        }
+        t->len = 0;
+    }
+    return n;
+}
+
+static void tail_latency(struct bn *c, int lines)
+{
+    char id[24];
+    char body[PATH_MAX + 128];
+    char url[128];
+    struct tail *t = calloc(1, sizeof *t);
+    int holder;
+    int via;
+    CURL *h;
+    char note[160];
+    snprintf(body, sizeof body, "{\"command\":[\"%s\",\"1500\",\"10\",\"%d\"]}",
+             ticker_path, lines);
+    if (!submit_one(c, 0, body, id) ||
+        (holder = wait_running(c, id, 20000)) < 0) {
+        fprintf(stderr, "tail: job never ran\n");
+        free(t);
+        return;
+    }
+    via = (holder + 1) % c->n;
+    snprintf(url, sizeof url, "http://%s/v1/jobs/%s/logs?follow=true",
+             c->a[via].api_addr, id);
+    h = curl_easy_init();
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, tail_cb);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 120000L);
+    t->connected_ns = bn_real_us() * 1000;
+    curl_easy_perform(h);
+    curl_easy_cleanup(h);
+    printf("  tail: job on %s, follower on %s, %d lines\n", c->a[holder].name,
+           c->a[via].name, t->n);
+    snprintf(note, sizeof note,
+             "%d lines every 10 ms, SSE follower on another node", t->n);
+    bn_result("jobs", "tail_latency_p50", bn_median(t->lat_ms, t->n), "ms",
+              note);
+    bn_result("jobs", "tail_latency_p99", bn_pct(t->lat_ms, t->n, 99), "ms",
+              "");
+    free(t);
+}
+
+/* --- memory with history ------------------------------------------- */
+
+static void memory(struct bn *c, unsigned budget_s)
+{
+    struct submits s = {c, 100000};
+    struct bn_load ld;
+    double rss0 = 0;
+    double rss1 = 0;
+    int64_t jobs0;
+    int64_t jobs1;
+    uint64_t end;
+    char note[200];
+    for (int i = 0; i < c->n; i++) {
+        json_t *st = bn_status(c, i);
+        double r = (double)bn_jint(st, "rss_kib") / 1024.0;
+        rss0 = r > rss0 ? r : rss0;
+        json_decref(st);
+    }
+    jobs0 = last_seq(c);
+    bn_run_load(16, (uint64_t)budget_s * 1000u, submit_next, NULL, &s, &ld);
+    end = th_now_ms() + 120000;
+    while (th_now_ms() < end && finished_jobs(c) < last_seq(c)) {
+        usleep(200000);
+    }
+    usleep(1000000);
+    for (int i = 0; i < c->n; i++) {
+        json_t *st = bn_status(c, i);
+        double r = (double)bn_jint(st, "rss_kib") / 1024.0;
+        printf("  %s: %lld jobs stored, RSS %.1f MiB\n", c->a[i].name,
+               (long long)bn_jint(st, "jobs.stored"), r);
+        rss1 = r > rss1 ? r : rss1;
+        json_decref(st);
+    }
+    jobs1 = finished_jobs(c);
+    snprintf(note, sizeof note,
+             "max over nodes with %lld finished jobs (submitted %llu in %u s)",
+             (long long)jobs1, (unsigned long long)ld.ok, budget_s);
+    bn_result("jobs", "rss_with_history", rss1, "MiB", note);
+    if (jobs1 > jobs0) {
+        double per = (rss1 - rss0) * 1024.0 * 1024.0 / (double)(jobs1 - jobs0);
+        bn_result("jobs", "rss_per_finished_job", per, "B",
+                  "RSS delta / jobs added");
+        snprintf(note, sizeof note, "extrapolated: %.1f MiB + 100000 x %.0f B",
+                 rss0, per);
+        bn_result("jobs", "rss_100k_extrapolated",
+                  rss0 + 100000.0 * per / 1048576.0, "MiB", note);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct bn_opts o;
+    struct bn c;
+    int trials;
+    uint64_t n_jobs;
+    double spawn;
+    double rate;
+    double submit_rate;
+    char note[200];
+    static const char *const lease1500[] = {"--lease-ms", "1500", NULL};
+    char self[PATH_MAX];
+    char *slash;
+
+    bn_parse_args(argc, argv, &o);
+    trials = o.trials > 0 ? o.trials : (o.quick ? 3 : 10);
+    n_jobs = o.quick ? 1000 : 5000;
+    if (realpath(argv[0], self) == NULL) {
+        snprintf(self, sizeof self, "%s", argv[0]);
+    }
+    slash = strrchr(self, '/');
+    if (slash != NULL) {
+        *slash = '\0';
+    }
+    snprintf(ticker_path, sizeof ticker_path, "%s/bench_ticker", self);
+
+    if (!bn_start(&c, 3, "bench-jobs", NULL)) {
+        fprintf(stderr, "cluster did not form\n");
+        bn_stop(&c);
+        return 1;
+    }
+    /* (a) throughput vs bare spawn, same run */
+    spawn = spawn_rate(o.quick ? 300 : 1000);
+    rate = throughput(&c, n_jobs, &submit_rate);
+    snprintf(note, sizeof note, "%llu /bin/true jobs, 16 submits in flight",
+             (unsigned long long)n_jobs);
+    bn_result("jobs", "throughput", rate, "jobs/s", note);
+    bn_result("jobs", "submit_rate", submit_rate, "jobs/s", "201 replies/s");
+    bn_result("jobs", "bare_spawn_rate", spawn, "spawn/s",
+              "posix_spawn+waitpid /bin/true, 2 threads");
+    bn_result("jobs", "throughput_vs_spawn", 100.0 * rate / spawn, "%", "");
+
+    /* (c) live tail latency */
+    tail_latency(&c, o.quick ? 300 : 600);
+
+    /* (b) failover, default lease */
+    failover(&c, trials, "3000", NULL);
+
+    /* (d) memory with history */
+    memory(&c, o.quick ? 15 : 90);
+    bn_stop(&c);
+
+    /* (b) failover with --lease-ms 1500 */
+    if (!bn_start(&c, 3, "bench-jobs", lease1500)) {
+        fprintf(stderr, "cluster did not form\n");
+        bn_stop(&c);
+        return 1;
+    }
+    failover(&c, trials, "1500", lease1500);
+    bn_stop(&c);
+    return 0;
+}
