@@ -336,25 +336,15 @@ static void tail_latency(struct bn *c, int lines)
 
 /* --- memory with history ------------------------------------------- */
 
-static void memory(struct bn *c, unsigned budget_s)
+/* Submit n jobs and wait until every job finished; max RSS over nodes. */
+static double fill(struct bn *c, uint64_t n, int64_t *finished)
 {
-    struct submits s = {c, 100000};
+    struct submits s = {c, n};
     struct bn_load ld;
-    double rss0 = 0;
-    double rss1 = 0;
-    int64_t jobs0;
-    int64_t jobs1;
     uint64_t end;
-    char note[200];
-    for (int i = 0; i < c->n; i++) {
-        json_t *st = bn_status(c, i);
-        double r = (double)bn_jint(st, "rss_kib") / 1024.0;
-        rss0 = r > rss0 ? r : rss0;
-        json_decref(st);
-    }
-    jobs0 = last_seq(c);
-    bn_run_load(16, (uint64_t)budget_s * 1000u, submit_next, NULL, &s, &ld);
-    end = th_now_ms() + 120000;
+    double rss = 0;
+    bn_run_load(16, 0, submit_next, NULL, &s, &ld);
+    end = th_now_ms() + 180000;
     while (th_now_ms() < end && finished_jobs(c) < last_seq(c)) {
         usleep(200000);
     }
@@ -364,22 +354,37 @@ static void memory(struct bn *c, unsigned budget_s)
         double r = (double)bn_jint(st, "rss_kib") / 1024.0;
         printf("  %s: %lld jobs stored, RSS %.1f MiB\n", c->a[i].name,
                (long long)bn_jint(st, "jobs.stored"), r);
-        rss1 = r > rss1 ? r : rss1;
+        rss = r > rss ? r : rss;
         json_decref(st);
     }
-    jobs1 = finished_jobs(c);
-    snprintf(note, sizeof note,
-             "max over nodes with %lld finished jobs (submitted %llu in %u s)",
-             (long long)jobs1, (unsigned long long)ld.ok, budget_s);
-    bn_result("jobs", "rss_with_history", rss1, "MiB", note);
-    if (jobs1 > jobs0) {
-        double per = (rss1 - rss0) * 1024.0 * 1024.0 / (double)(jobs1 - jobs0);
-        bn_result("jobs", "rss_per_finished_job", per, "B",
-                  "RSS delta / jobs added");
-        snprintf(note, sizeof note, "extrapolated: %.1f MiB + 100000 x %.0f B",
-                 rss0, per);
+    *finished = finished_jobs(c);
+    return rss;
+}
+
+/* Two fills of about budget_s/2 seconds each at the measured job rate
+ * (submits are much faster than runs): RSS at the end, and the slope
+ * between the two points as the per-job cost. */
+static void memory(struct bn *c, unsigned budget_s, double rate)
+{
+    uint64_t half = (uint64_t)(rate * budget_s / 2) + 1;
+    int64_t j1;
+    int64_t j2;
+    double r1 = fill(c, half, &j1);
+    double r2 = fill(c, half, &j2);
+    char note[200];
+    snprintf(note, sizeof note, "max over nodes with %lld finished jobs",
+             (long long)j2);
+    bn_result("jobs", "rss_with_history", r2, "MiB", note);
+    if (j2 > j1) {
+        double per = (r2 - r1) * 1048576.0 / (double)(j2 - j1);
+        snprintf(note, sizeof note,
+                 "RSS slope between %lld and %lld finished jobs", (long long)j1,
+                 (long long)j2);
+        bn_result("jobs", "rss_per_finished_job", per, "B", note);
+        snprintf(note, sizeof note, "%.1f MiB + %lld more jobs x %.0f B", r2,
+                 (long long)(100000 - j2), per);
         bn_result("jobs", "rss_100k_extrapolated",
-                  rss0 + 100000.0 * per / 1048576.0, "MiB", note);
+                  r2 + (double)(100000 - j2) * per / 1048576.0, "MiB", note);
     }
 }
 
@@ -432,7 +437,7 @@ int main(int argc, char **argv)
     failover(&c, trials, "3000", NULL);
 
     /* (d) memory with history */
-    memory(&c, o.quick ? 15 : 90);
+    memory(&c, o.quick ? 10 : 60, rate);
     bn_stop(&c);
 
     /* (b) failover with --lease-ms 1500 */
