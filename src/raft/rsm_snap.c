@@ -434,9 +434,23 @@ int rsm_fsm_restore(struct rsm_fsm *f,
         rv = ERR_MALFORMED;
         goto out;
     }
-    rv = decompress(buf, len, &raw, &raw_len, errmsg);
-    if (rv != 0) {
-        goto out;
+    /* raft_uv recognises the LZ4 frame magic of the snapshots we hand it
+     * and decompresses them itself when it loads one from disk (restart)
+     * or sends one to a lagging follower (InstallSnapshot): restore then
+     * receives the canonical msgpack directly. Accept both forms. */
+    if (len >= 4 && memcmp(buf, "\x04\x22\x4d\x18", 4) == 0) {
+        rv = decompress(buf, len, &raw, &raw_len, errmsg);
+        if (rv != 0) {
+            goto out;
+        }
+    } else {
+        raw = malloc(len);
+        if (raw == NULL) {
+            rv = ERR_NOMEM;
+            goto out;
+        }
+        memcpy(raw, buf, len);
+        raw_len = len;
     }
     rv = rsm__mp_unpack(raw, raw_len, &u, errmsg);
     if (rv != 0) {
