@@ -1171,3 +1171,231 @@ Test(rsm_runs, restore_rejects_damaged_runs)
     msgpack_sbuffer_destroy(&sb);
     t_fini(&t);
 }
+
+/* ------------------------------------------------------- random workload */
+
+/* Apply one command to every replica (same entry bytes, same index). */
+static struct rsm_result apply_all(struct tfsm *ts,
+                                   unsigned n,
+                                   struct rsm_cmd c)
+{
+    void *buf;
+    size_t len;
+    struct rsm_result first;
+    int64_t now = ts[0].now;
+    cr_assert_eq(rsm_entry_encode(&c, 1, now, &buf, &len), 0);
+    for (unsigned i = 0; i < n; i++) {
+        struct rsm_result r[1];
+        unsigned k = 0;
+        cr_assert_eq(ts[i].now, now);
+        cr_assert_eq(rsm_fsm_apply(ts[i].f, ++ts[i].index, buf, len, r, 1, &k),
+                     0);
+        cr_assert_eq(k, 1);
+        ts[i].now++;
+        if (i == 0) {
+            first = r[0];
+        } else {
+            cr_assert_eq(r[0].code, first.code);
+            cr_assert_eq(r[0].value, first.value);
+        }
+    }
+    raft_free(buf);
+    rsm_cmd_clear(&c);
+    return first;
+}
+
+/* Internal consistency of the run tables against the jobs. */
+static void check_invariants(const struct rsm_fsm *f)
+{
+    unsigned total = 0;
+    cr_assert_null(f->settle_head);
+    cr_assert_null(f->trim_head);
+    for (unsigned i = 0; i < f->run_groups_by_name.n; i++) {
+        const struct rsm__pruns *g = f->run_groups_by_name.v[i];
+        unsigned act = 0;
+        unsigned fin = 0;
+        for (unsigned k = 0; k < g->runs.n; k++) {
+            const struct rsm__run *r = g->runs.v[k];
+            unsigned open = 0;
+            cr_assert_eq(r->group, g);
+            cr_assert_str_eq(r->run.pipeline, g->name);
+            cr_assert(k == 0 ||
+                      ((const struct rsm__run *)g->runs.v[k - 1])->run.seq <
+                          r->run.seq);
+            for (unsigned x = 0; x < r->run.n_jobs; x++) {
+                const struct rsm_job *j = rsm_fsm_job(f, r->run.jobs[x]);
+                if (j != NULL && rsm_job_state_is_finished(j->state)) {
+                    cr_assert_eq(r->job_state[x], j->state);
+                } else {
+                    cr_assert_eq(r->job_state[x], RSM_JOB_PENDING);
+                    open++;
+                }
+                cr_assert(j == NULL || j->spec.run == r->run.seq);
+            }
+            if (r->run.state == RSM_RUN_RUNNING) {
+                act++;
+                cr_assert_gt(open, 0);
+            } else {
+                fin++;
+                cr_assert_geq(r->run.finished_ms, r->run.created_ms);
+            }
+        }
+        cr_assert_eq(g->n_active, act);
+        cr_assert_eq(g->n_finished, fin);
+        cr_assert_leq(fin, RSM_RUNS_KEEP_FINISHED);
+        total += g->runs.n;
+    }
+    cr_assert_eq(total, f->runs_all.n);
+}
+
+Test(rsm_runs, random_workload_replicas_agree)
+{
+    static const char *const names[] = {"a", "b", "c", "d"};
+    static const char *const up_c[] = {"a", "b"};
+    static const char *const up_d[] = {"c"};
+    struct pdef defs[4] = {
+        {.name = "a", .targets = ABC, .n_targets = 2, .retries = 1},
+        {.name = "b", .overlap = RSM_OVERLAP_FORBID},
+        {.name = "c",
+         .after = up_c,
+         .n_after = 2,
+         .overlap = RSM_OVERLAP_REPLACE},
+        {.name = "d",
+         .after = up_d,
+         .n_after = 1,
+         .targets = ABC,
+         .n_targets = 3},
+    };
+    struct tfsm ts[3];
+    struct prng rng;
+    uint64_t seed = 0x5eed;
+    const char *env = getenv("TEST_SEED");
+    if (env != NULL) {
+        seed = strtoull(env, NULL, 0);
+    }
+    prng_seed(&rng, seed);
+    for (unsigned i = 0; i < 2; i++) {
+        t_init(&ts[i]);
+    }
+    for (unsigned i = 0; i < 4; i++) {
+        apply_all(ts, 2, mk_pipeline(&defs[i], false));
+    }
+    for (unsigned step = 0; step < 3000; step++) {
+        struct rsm_cmd c;
+        unsigned op = (unsigned)prng_below(&rng, 100);
+        unsigned pi = (unsigned)prng_below(&rng, 4);
+        const struct rsm_pipeline *p = rsm_fsm_pipeline(ts[0].f, names[pi]);
+        if (step == 1500) { /* a third replica joins from a snapshot */
+            void *b;
+            size_t l;
+            char errmsg[ERRMSG_SIZE];
+            t_init(&ts[2]);
+            cr_assert_eq(rsm_fsm_snapshot(ts[0].f, &b, &l), 0);
+            cr_assert_eq(rsm_fsm_restore(ts[2].f, b, l, errmsg), 0, "%s",
+                         errmsg);
+            free(b);
+            ts[2].index = ts[0].index;
+            ts[2].now = ts[0].now;
+        }
+        if (op < 25) {
+            int64_t at = p->fire_cursor_ms + (int64_t)prng_below(&rng, 300) -
+                         30; /* some stale */
+            rsm_cmd_init(&c, RSM_CMD_PIPELINE_FIRE);
+            snprintf(c.u.pipeline_fire.pipeline,
+                     sizeof c.u.pipeline_fire.pipeline, "%s", names[pi]);
+            c.u.pipeline_fire.scheduled_for_ms = at > 0 ? at : 1;
+            c.u.pipeline_fire.skip = prng_below(&rng, 10) == 0;
+        } else if (op < 30) {
+            rsm_cmd_init(&c, RSM_CMD_RUN_MANUAL);
+            snprintf(c.u.run_manual.pipeline, sizeof c.u.run_manual.pipeline,
+                     "%s", names[pi]);
+        } else if (op < 35) {
+            rsm_cmd_init(&c, RSM_CMD_RUN_RETRY);
+            c.u.run_retry.run =
+                1 + prng_below(&rng, rsm_fsm_run_seq(ts[0].f) + 1);
+        } else if (op < 37) {
+            struct pdef d = defs[pi];
+            d.paused = prng_below(&rng, 3) == 0;
+            d.overlap = (uint8_t)prng_below(&rng, 3);
+            c = mk_pipeline(&d, true);
+        } else {
+            /* Drive a random unfinished job one step. */
+            const struct rsm_job *act[512];
+            unsigned n = rsm_fsm_jobs(ts[0].f, RSM_JOB_PENDING, act, 512);
+            unsigned nr = rsm_fsm_jobs(ts[0].f, RSM_JOB_RUNNING, act + n,
+                                       512 - (n < 512 ? n : 512));
+            unsigned nw = rsm_fsm_jobs(ts[0].f, RSM_JOB_RETRY_WAIT, NULL, 0);
+            const struct rsm_job *j;
+            (void)nw;
+            if (n > 512) {
+                n = 512;
+            }
+            if (nr > 512 - n) {
+                nr = 512 - n;
+            }
+            if (n + nr == 0) {
+                rsm_cmd_init(&c, RSM_CMD_NOOP);
+            } else {
+                j = act[prng_below(&rng, n + nr)];
+                if (prng_below(&rng, 12) == 0) {
+                    rsm_cmd_init(&c, RSM_CMD_JOB_CANCEL);
+                    c.u.job_cancel.job = j->seq;
+                } else if (j->state == RSM_JOB_PENDING) {
+                    rsm_cmd_init(&c, RSM_CMD_JOB_CLAIM);
+                    c.u.job_claim.job = j->seq;
+                    c.u.job_claim.node = NODE;
+                    c.u.job_claim.attempt = j->attempt;
+                    apply_all(ts, step >= 1500 ? 3 : 2, c);
+                    rsm_cmd_init(&c, RSM_CMD_JOB_START);
+                    c.u.job_start.job = j->seq;
+                    c.u.job_start.epoch = rsm_fsm_job(ts[0].f, j->seq)->epoch;
+                } else {
+                    rsm_cmd_init(&c, RSM_CMD_JOB_FINISH);
+                    c.u.job_finish.job = j->seq;
+                    c.u.job_finish.epoch = j->epoch;
+                    c.u.job_finish.end = RSM_END_EXITED;
+                    c.u.job_finish.exit_code = prng_below(&rng, 4) == 0 ? 1 : 0;
+                }
+            }
+        }
+        apply_all(ts, step >= 1500 ? 3 : 2, c);
+        if (step % 50 == 0) {
+            /* Keep the node's lease fresh. */
+            rsm_cmd_init(&c, RSM_CMD_NODE_RENEW);
+            c.u.node_renew.node = NODE;
+            c.u.node_renew.lease_ms = RSM_LEASE_MAX_MS;
+            apply_all(ts, step >= 1500 ? 3 : 2, c);
+        }
+        if (step % 97 == 0) {
+            check_invariants(ts[0].f);
+        }
+    }
+    for (unsigned i = 0; i < 3; i++) {
+        check_invariants(ts[i].f);
+    }
+    cr_assert_gt(rsm_fsm_run_count(ts[0].f), 50, "seed %llu",
+                 (unsigned long long)seed);
+    {
+        const struct rsm_run *all[1024];
+        unsigned n = rsm_fsm_runs(ts[0].f, NULL, all, 1024);
+        unsigned kinds[RSM_RUN__STATES] = {0};
+        unsigned trig[RSM_TRIGGER__COUNT] = {0};
+        for (unsigned i = 0; i < n && i < 1024; i++) {
+            kinds[all[i]->state]++;
+            trig[all[i]->trigger]++;
+        }
+        for (unsigned s = 0; s < RSM_RUN__STATES; s++) {
+            cr_assert_gt(kinds[s], 0, "no run in state %s (seed %llu)",
+                         rsm_run_state_name(s), (unsigned long long)seed);
+        }
+        for (unsigned s = 0; s < RSM_TRIGGER__COUNT; s++) {
+            cr_assert_gt(trig[s], 0, "no run with trigger %s",
+                         rsm_trigger_name(s));
+        }
+    }
+    cr_assert_eq(rsm_fsm_digest(ts[1].f), rsm_fsm_digest(ts[0].f));
+    cr_assert_eq(rsm_fsm_digest(ts[2].f), rsm_fsm_digest(ts[0].f));
+    for (unsigned i = 0; i < 3; i++) {
+        t_fini(&ts[i]);
+    }
+}
