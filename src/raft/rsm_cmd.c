@@ -606,6 +606,40 @@ static int member_validate(const struct rsm_member *m, char *errmsg)
     return 0;
 }
 
+/* Structural rules of the run commands. */
+static int run_cmd_validate(const struct rsm_cmd *c, char *errmsg)
+{
+    const char *name;
+    switch (c->type) {
+        case RSM_CMD_PIPELINE_FIRE:
+            if (c->u.pipeline_fire.scheduled_for_ms <= 0) {
+                errmsg_printf(errmsg, "pipeline_fire: scheduled_for_ms >= 1");
+                return ERR_INVALID;
+            }
+            name = c->u.pipeline_fire.pipeline;
+            break;
+        case RSM_CMD_RUN_MANUAL:
+            name = c->u.run_manual.pipeline;
+            break;
+        case RSM_CMD_RUN_RETRY:
+            if (c->u.run_retry.run == 0) {
+                errmsg_printf(errmsg, "run_retry: run >= 1");
+                return ERR_INVALID;
+            }
+            return 0;
+        default:
+            errmsg_printf(errmsg, "unknown command type %u", (unsigned)c->type);
+            return ERR_INVALID;
+    }
+    if (memchr(name, '\0', RSM_NAME_MAX + 1) == NULL ||
+        !rsm__valid_name(name)) {
+        errmsg_printf(errmsg, "%s: invalid pipeline name",
+                      rsm_cmd_name(c->type));
+        return ERR_INVALID;
+    }
+    return 0;
+}
+
 int rsm_cmd_validate(const struct rsm_cmd *c, char *errmsg)
 {
     if (c->leader_time_ms < 0) {
@@ -648,6 +682,10 @@ int rsm_cmd_validate(const struct rsm_cmd *c, char *errmsg)
             }
             return rv;
         }
+        case RSM_CMD_PIPELINE_FIRE:
+        case RSM_CMD_RUN_MANUAL:
+        case RSM_CMD_RUN_RETRY:
+            return run_cmd_validate(c, errmsg);
         default:
             return job_cmd_validate(c, errmsg);
     }
@@ -785,6 +823,12 @@ static unsigned cmd_fields(unsigned type)
             return 2; /* [node, lease_ms] */
         case RSM_CMD_NODE_EXPIRE:
             return 1; /* [node] */
+        case RSM_CMD_PIPELINE_FIRE:
+            return 3; /* [pipeline, scheduled_for_ms, skip] */
+        case RSM_CMD_RUN_MANUAL:
+            return 1; /* [pipeline] */
+        case RSM_CMD_RUN_RETRY:
+            return 1; /* [run] */
         default:
             return 0;
     }
@@ -876,6 +920,22 @@ static int cmd_pack_time(const struct rsm_cmd *c,
             break;
         case RSM_CMD_NODE_EXPIRE:
             if (msgpack_pack_uint64(pk, c->u.node_expire.node) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_PIPELINE_FIRE:
+            if (rsm__pack_str(pk, c->u.pipeline_fire.pipeline) != 0 ||
+                msgpack_pack_int64(pk, c->u.pipeline_fire.scheduled_for_ms) !=
+                    0 ||
+                pack_bool(pk, c->u.pipeline_fire.skip) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_RUN_MANUAL:
+            rv = rsm__pack_str(pk, c->u.run_manual.pipeline);
+            break;
+        case RSM_CMD_RUN_RETRY:
+            if (msgpack_pack_uint64(pk, c->u.run_retry.run) != 0) {
                 rv = ERR_NOMEM;
             }
             break;
@@ -1292,6 +1352,36 @@ check:
     return job_cmd_validate(c, errmsg) != 0 ? ERR_MALFORMED : 0;
 }
 
+/* Decode the fields of a run command (after the envelope). */
+static int run_cmd_parse(const msgpack_object *f,
+                         struct rsm_cmd *c,
+                         char *errmsg)
+{
+    bool ok;
+    switch (c->type) {
+        case RSM_CMD_PIPELINE_FIRE:
+            ok = rsm__get_str(&f[0], RSM_NAME_MAX,
+                              c->u.pipeline_fire.pipeline) &&
+                 rsm__get_i64(&f[1], &c->u.pipeline_fire.scheduled_for_ms) &&
+                 get_bool(&f[2], &c->u.pipeline_fire.skip);
+            break;
+        case RSM_CMD_RUN_MANUAL:
+            ok = rsm__get_str(&f[0], RSM_NAME_MAX, c->u.run_manual.pipeline);
+            break;
+        case RSM_CMD_RUN_RETRY:
+            ok = rsm__get_u64(&f[0], UINT64_MAX, &c->u.run_retry.run);
+            break;
+        default:
+            return 0;
+    }
+    if (!ok) {
+        errmsg_printf(errmsg, "%s: bad field type or range",
+                      rsm_cmd_name(c->type));
+        return ERR_MALFORMED;
+    }
+    return run_cmd_validate(c, errmsg) != 0 ? ERR_MALFORMED : 0;
+}
+
 int rsm__member_unpack(const msgpack_object *o,
                        struct rsm_member *m,
                        char *errmsg)
@@ -1396,6 +1486,10 @@ static int cmd_parse(const msgpack_object *o, struct rsm_cmd *c, char *errmsg)
                 return ERR_MALFORMED;
             }
             return 0;
+        case RSM_CMD_PIPELINE_FIRE:
+        case RSM_CMD_RUN_MANUAL:
+        case RSM_CMD_RUN_RETRY:
+            return run_cmd_parse(f, c, errmsg);
         default:
             return job_cmd_parse(f, c, errmsg);
     }
