@@ -259,7 +259,9 @@ static void fire_proposed_cb(void *data, int rv, const struct rsm_result *res)
             LOGD(MOD, "FIRE %s: %s", q->name, err_str(rv));
         }
     } else if (res != NULL && res->code != 0) {
-        q->rejected = true;
+        /* ERR_STALE (a duplicate: the cursor is already there) is
+         * harmless and cannot repeat; anything else backs off. */
+        q->rejected = q->rejected || res->code != ERR_STALE;
         if (f != NULL) {
             f->rejected++;
         }
