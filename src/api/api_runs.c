@@ -228,8 +228,7 @@ static void pipeline_run_cb(struct http_req *req, void *data)
         rsm_cmd_clear(&cmd);
         return;
     }
-    str_copy(cmd.u.run_manual.pipeline, sizeof cmd.u.run_manual.pipeline,
-             name);
+    str_copy(cmd.u.run_manual.pipeline, sizeof cmd.u.run_manual.pipeline, name);
     /* An unknown pipeline is the FSM's call (this replica may lag): its
      * ERR_NOTFOUND rejection becomes a 404. */
     runs_propose(a, req, &cmd, RUNS_OP_MANUAL);
