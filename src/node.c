@@ -174,6 +174,7 @@ int node_init(struct node *n, uv_loop_t *loop, const struct config *cfg)
 #define NODE_M_GOSSIP 8u
 #define NODE_M_TIMERS 16u
 #define NODE_M_SCHED 32u
+#define NODE_M_FIRE 64u
 
 #define META_IN_CLUSTER 1u
 #define TICK_MS 200
@@ -294,8 +295,20 @@ static void applied_cb(struct rsm *r,
     if (n->started & NODE_M_SCHED) {
         sched_on_applied(&n->sched, cmd, res);
     }
+    if (n->started & NODE_M_FIRE) {
+        fire_on_applied(&n->fire, cmd, res);
+    }
     if (n->started & NODE_M_HTTP) {
         api_on_applied(&n->api, cmd, res);
+    }
+}
+
+static void role_cb(struct rsm *r, void *ud)
+{
+    struct node *n = ud;
+    UNUSED(r);
+    if (n->started & NODE_M_FIRE) {
+        fire_on_role(&n->fire);
     }
 }
 
@@ -556,6 +569,7 @@ int node_start(struct node *n)
     rc.segment_kib = n->cfg.segment_kib;
     rc.forward = forward_cb;
     rc.on_applied = applied_cb;
+    rc.on_role = role_cb;
     rc.ud = n;
     n->rsm = rsm_create(n->loop, &rc, n->errmsg);
     if (n->rsm == NULL) {
@@ -566,6 +580,12 @@ int node_start(struct node *n)
     if (rv != 0) {
         return rv;
     }
+    rv = fire_init(&n->fire, n->loop, n->rsm);
+    if (rv != 0) {
+        errmsg_printf(n->errmsg, "fire: init: %s", err_str(rv));
+        return rv;
+    }
+    n->started |= NODE_M_FIRE;
 
     /* 2. the forwarding client and the API server */
     rv = httpc_init(&n->httpc, n->loop);
@@ -696,6 +716,13 @@ static void handle_closed_cb(uv_handle_t *h)
     }
 }
 
+static void fire_closed_cb(struct fire *f)
+{
+    struct node *n = (struct node *)((char *)f - offsetof(struct node, fire));
+    n->started &= ~NODE_M_FIRE;
+    close_step(n);
+}
+
 static void sched_closed_cb(struct sched *s)
 {
     struct node *n = (struct node *)((char *)s - offsetof(struct node, sched));
@@ -750,6 +777,10 @@ static void close_step(struct node *n)
     }
     if (n->started & NODE_M_HTTPC) {
         httpc_close(&n->httpc, httpc_closed_cb);
+        return;
+    }
+    if (n->started & NODE_M_FIRE) {
+        fire_close(&n->fire, fire_closed_cb);
         return;
     }
     if (n->started & NODE_M_RSM) {

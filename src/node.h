@@ -14,6 +14,7 @@
 #include "gossip/gossip.h"
 #include "httpc.h"
 #include "raft/rsm.h"
+#include "sched/fire.h"
 #include "sched/sched.h"
 
 struct node;
@@ -33,6 +34,7 @@ struct node
     struct gossip gossip;    /* membership */
     struct api api;          /* routes */
     struct sched sched;      /* claims, leases, execution */
+    struct fire fire;        /* cron firing (leader only) */
     uv_timer_t tick;         /* bootstrap, registration, load */
     uv_signal_t sigint;      /* graceful shutdown */
     uv_signal_t sigterm;     /* graceful shutdown */

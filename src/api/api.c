@@ -444,6 +444,9 @@ int api_init(struct api *a, const struct api_deps *deps)
     }
     rv = api__jobs_init(a);
     if (rv == 0) {
+        rv = api__runs_init(a);
+    }
+    if (rv == 0) {
         rv = api__status_init(a);
     }
     return rv;

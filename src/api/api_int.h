@@ -92,6 +92,9 @@ int api__job_spec_from_json(json_t *body,
                             char *errmsg);
 json_t *api__job_to_json(const struct rsm_fsm *f, const struct rsm_job *j);
 
+/* api_runs.c: register the run routes. */
+int api__runs_init(struct api *a);
+
 /* api_status.c: GET /v1/status and the benchmark route. */
 int api__status_init(struct api *a);
 

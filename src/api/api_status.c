@@ -105,7 +105,7 @@ static void status_cb(struct http_req *req, void *data)
                      (json_int_t)rsm_term(r), "commit_index",
                      (json_int_t)rsm_commit_index(r), "last_applied",
                      (json_int_t)rsm_last_applied(r));
-    body = json_pack("{s:s,s:s,s:I,s:I,s:o,s:o,s:{s:I,s:I},s:o}", "node",
+    body = json_pack("{s:s,s:s,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:I},s:o}", "node",
                      a->deps.node_name, "id", id, "uptime_ms",
                      (json_int_t)(time_mono_ms() - started_mono_ms), "rss_kib",
                      (json_int_t)rss_kib(), "raft", raft, "gossip",

@@ -3,6 +3,7 @@
  * group when the fence deadline passes or the agent goes away
  * (docs/exec.md). Plain poll/fork/exec/waitpid, no libuv. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1042,6 +1043,35 @@ static int parse_args(struct helper *h, int argc, char **argv)
     return h->fd >= 0 ? 0 : ERR_INVALID;
 }
 
+/* Close every descriptor the agent leaked into us except stdio and the
+ * channel: the helper may outlive the agent (to kill jobs), and must not
+ * keep the agent's listening sockets bound meanwhile, or a restarted agent
+ * could not bind its ports. */
+static void close_inherited_fds(int keep)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int self_fd;
+    if (d == NULL) {
+        for (int fd = 3; fd < 1024; fd++) {
+            if (fd != keep) {
+                close(fd);
+            }
+        }
+        return;
+    }
+    self_fd = dirfd(d);
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end != '\0' || fd < 3 || fd == keep || fd == self_fd) {
+            continue;
+        }
+        close((int)fd);
+    }
+    closedir(d);
+}
+
 int exec_helper_main(int argc, char **argv)
 {
     struct sigaction sa;
@@ -1076,6 +1106,7 @@ int exec_helper_main(int argc, char **argv)
             }
         }
     }
+    close_inherited_fds(h->fd);
     if (fcntl(h->fd, F_SETFD, FD_CLOEXEC) != 0 ||
         fcntl(h->fd, F_SETFL, O_NONBLOCK) != 0) {
         fprintf(stderr, "kiln exec-helper: fd %d: %s\n", h->fd,

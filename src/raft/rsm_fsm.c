@@ -91,6 +91,7 @@ void rsm__fsm_init(struct rsm_fsm *f)
     map_init(&f->pipelines, MAP_STR);
     map_init(&f->idem, MAP_STR);
     map_init(&f->jobs, MAP_U64);
+    map_init(&f->run_groups, MAP_STR);
     f->jobs_max_finished = RSM_JOBS_MAX_FINISHED;
     f->jobs_max_age_ms = RSM_JOBS_MAX_AGE_MS;
 }
@@ -105,6 +106,7 @@ void rsm__fsm_clear(struct rsm_fsm *f)
 {
     unsigned max_finished = f->jobs_max_finished;
     int64_t max_age_ms = f->jobs_max_age_ms;
+    rsm__runs_clear(f);
     rsm__jobs_clear(f);
     for (unsigned i = 0; i < f->members_by_id.n; i++) {
         free(f->members_by_id.v[i]);
@@ -502,6 +504,7 @@ static int apply_pipeline_delete(struct rsm_fsm *f,
         return 0;
     }
     res->value = p->version;
+    rsm__runs_pipeline_deleted(f, name); /* before name's storage goes */
     pipeline_remove(f, p);
     return 0;
 }
@@ -530,6 +533,10 @@ static int apply_cmd(struct rsm_fsm *f,
         case RSM_CMD_NODE_RENEW:
         case RSM_CMD_NODE_EXPIRE:
             return rsm__apply_job(f, c, res);
+        case RSM_CMD_PIPELINE_FIRE:
+        case RSM_CMD_RUN_MANUAL:
+        case RSM_CMD_RUN_RETRY:
+            return rsm__apply_run(f, c, res);
         default:
             result_set(res, ERR_MALFORMED, "unknown command type %u",
                        (unsigned)c->type);
@@ -566,6 +573,11 @@ static int apply_one(struct rsm_fsm *f,
         }
     }
     rv = apply_cmd(f, c, res);
+    if (rv == 0) {
+        /* Dependents of runs that succeeded, run retention. Its runs are
+         * part of the command's effect, stored under the same key. */
+        rv = rsm__runs_settle(f);
+    }
     if (rv != 0 || e == NULL) {
         free(e);
         return rv;
@@ -727,4 +739,36 @@ unsigned rsm_fsm_members(const struct rsm_fsm *f,
         out[i] = f->members_by_id.v[i];
     }
     return f->members_by_id.n;
+}
+
+/* "j42"/"r42" -> 42: the prefix, then a decimal without leading zeros. */
+int rsm__id_parse(char prefix, const char *id, uint64_t *seq)
+{
+    uint64_t v = 0;
+    const char *p;
+    if (id == NULL || id[0] != prefix || id[1] < '1' || id[1] > '9') {
+        return ERR_INVALID;
+    }
+    for (p = id + 1; *p != '\0'; p++) {
+        unsigned d;
+        if (*p < '0' || *p > '9' || p - id > 20) {
+            return ERR_INVALID;
+        }
+        d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            return ERR_INVALID;
+        }
+        v = v * 10 + d;
+    }
+    *seq = v;
+    return 0;
+}
+
+void rsm__reject(struct rsm_result *r, int code, const char *fmt, ...)
+{
+    va_list ap;
+    r->code = code;
+    va_start(ap, fmt);
+    vsnprintf(r->message, sizeof r->message, fmt, ap);
+    va_end(ap);
 }

@@ -43,7 +43,10 @@
     X(RSM_CMD_JOB_FINISH, 9, "job_finish")           \
     X(RSM_CMD_JOB_CANCEL, 10, "job_cancel")          \
     X(RSM_CMD_NODE_RENEW, 11, "node_renew")          \
-    X(RSM_CMD_NODE_EXPIRE, 12, "node_expire")
+    X(RSM_CMD_NODE_EXPIRE, 12, "node_expire")        \
+    X(RSM_CMD_PIPELINE_FIRE, 13, "pipeline_fire")    \
+    X(RSM_CMD_RUN_MANUAL, 14, "run_manual")          \
+    X(RSM_CMD_RUN_RETRY, 15, "run_retry")
 
 enum rsm_cmd_type {
 #define RSM__CMD_ENUM(name, code, text) name = code,
@@ -190,6 +193,57 @@ struct rsm_chunk
     const void *data;
 };
 
+/* ------------------------------------------------------------------ runs
+ * One firing of a pipeline: one job per target. docs/state-machine.md
+ * "Runs" has the exact rules, docs/scheduling.md the overview. */
+
+#define RSM_RUN_ID_MAX 24          /* buffer size for "r<N>" */
+#define RSM_RUNS_KEEP_FINISHED 200 /* finished runs kept per pipeline */
+#define RSM_RUNS_DONE_KEEP 256     /* per-pipeline succeeded/triggered S */
+
+enum rsm_run_state {
+    RSM_RUN_RUNNING = 0,
+    RSM_RUN_SUCCEEDED,
+    RSM_RUN_FAILED,
+    RSM_RUN_CANCELLED,
+    RSM_RUN_SKIPPED,
+    RSM_RUN__STATES
+};
+
+/* "running", "succeeded", "failed", "cancelled", "skipped"; "unknown" out
+ * of range. */
+const char *rsm_run_state_name(unsigned state);
+
+/* True for every state but running. */
+bool rsm_run_state_is_finished(unsigned state);
+
+enum rsm_trigger {
+    RSM_TRIGGER_SCHEDULE = 0,
+    RSM_TRIGGER_AFTER,
+    RSM_TRIGGER_MANUAL,
+    RSM_TRIGGER_RETRY,
+    RSM_TRIGGER__COUNT
+};
+
+/* "schedule", "after", "manual", "retry"; "unknown" out of range. */
+const char *rsm_trigger_name(unsigned trigger);
+
+/* A run as stored. Borrowed from the FSM. */
+struct rsm_run
+{
+    uint64_t seq;                    /* N of r<N> */
+    char pipeline[RSM_NAME_MAX + 1]; /* may no longer exist */
+    uint64_t pipeline_version;       /* pipeline version at creation */
+    uint8_t trigger;                 /* enum rsm_trigger */
+    uint8_t state;                   /* enum rsm_run_state */
+    int64_t scheduled_for_ms;        /* the tick (or FSM clock for manual) */
+    uint64_t *jobs;                  /* owned: job seqs, in target order */
+    unsigned n_jobs;                 /* 0 for skipped runs */
+    uint64_t retry_of;               /* run seq retried, 0 = none */
+    int64_t created_ms;              /* FSM clock */
+    int64_t finished_ms;             /* 0 while running */
+};
+
 void rsm_job_spec_clear(struct rsm_job_spec *s);
 int rsm_job_spec_copy(struct rsm_job_spec *dst, const struct rsm_job_spec *src);
 
@@ -298,6 +352,20 @@ struct rsm_cmd
         {
             uint64_t node;
         } node_expire;
+        struct
+        {
+            char pipeline[RSM_NAME_MAX + 1];
+            int64_t scheduled_for_ms; /* must be > the fire cursor */
+            bool skip; /* advance the cursor only (catchup none/latest) */
+        } pipeline_fire;
+        struct
+        {
+            char pipeline[RSM_NAME_MAX + 1];
+        } run_manual;
+        struct
+        {
+            uint64_t run; /* seq of a failed run */
+        } run_retry;
     } u;
 };
 
@@ -442,5 +510,35 @@ unsigned rsm_fsm_job_count(const struct rsm_fsm *f);
 
 /* Last assigned job number (the next submit gets this + 1). */
 uint64_t rsm_fsm_job_seq(const struct rsm_fsm *f);
+
+/* ------------------------------------------------------- run accessors
+ * Borrowed pointers, valid until the next apply/restore. Listing functions
+ * return the number of matching runs (which may exceed max) and fill
+ * out[0..min(count, max)), newest first (descending seq). */
+
+/* The run r<seq>, or NULL (never created, or deleted by retention). */
+const struct rsm_run *rsm_fsm_run(const struct rsm_fsm *f, uint64_t seq);
+
+/* "r42" -> 42. Returns 0 or ERR_INVALID (no 'r', no digits, leading zero,
+ * trailing bytes, 0, overflow). */
+int rsm_run_id_parse(const char *id, uint64_t *seq);
+/* 42 -> "r42"; buf holds RSM_RUN_ID_MAX bytes. */
+void rsm_run_id_format(uint64_t seq, char *buf);
+
+/* Runs of one pipeline (pipeline != NULL) or of all (NULL). */
+unsigned rsm_fsm_runs(const struct rsm_fsm *f,
+                      const char *pipeline,
+                      const struct rsm_run **out,
+                      unsigned max);
+
+/* Runs in state running, of one pipeline or of all (NULL). */
+unsigned rsm_fsm_runs_active(const struct rsm_fsm *f,
+                             const char *pipeline,
+                             const struct rsm_run **out,
+                             unsigned max);
+
+/* Number of stored runs; last assigned run number. */
+unsigned rsm_fsm_run_count(const struct rsm_fsm *f);
+uint64_t rsm_fsm_run_seq(const struct rsm_fsm *f);
 
 #endif /* KILN_RSM_FSM_H_ */

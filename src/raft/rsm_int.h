@@ -93,9 +93,46 @@ struct rsm_fsm
     unsigned jobs_max_finished;
     int64_t jobs_max_age_ms;
 
-    /* Room for the next issues: runs (by id). Add a map + sorted vector
-     * per table, its snapshot section after the jobs, and its commands to
-     * RSM_CMD_MAP. */
+    /* Runs (rsm_runs.c). Seqs only grow: runs_all appends at the end and
+     * lookups bisect it. Per-pipeline bookkeeping lives in run groups,
+     * keyed by pipeline name (a group may outlive its pipeline while it
+     * has running runs). */
+    uint64_t run_seq;         /* last assigned r<N> */
+    struct rsm__vec runs_all; /* struct rsm__run * by seq */
+    struct map run_groups;    /* name -> struct rsm__pruns * (owned) */
+    struct rsm__vec run_groups_by_name;
+    /* Work left for rsm__runs_settle after the current command (intrusive
+     * lists, empty between commands). */
+    struct rsm__run *settle_head, *settle_tail;
+    struct rsm__pruns *trim_head;
+};
+
+/* A run as stored (rsm_runs.c). */
+struct rsm__run
+{
+    struct rsm_run run; /* first member: &rec->run is the public pointer */
+    char **targets;     /* owned: run.n_jobs target names ("" = none) */
+    uint8_t *job_state; /* owned: run.n_jobs terminal job states, or
+                           RSM_JOB_PENDING while the job is unfinished */
+    struct rsm__pruns *group; /* borrowed: the group of run.pipeline */
+    struct rsm__run *settle_next;
+    bool settling; /* queued for rsm__runs_settle */
+};
+
+/* Per-pipeline run bookkeeping. done and fired hold scheduled_for values
+ * oldest first, at most RSM_RUNS_DONE_KEEP each. */
+struct rsm__pruns
+{
+    char name[RSM_NAME_MAX + 1];
+    struct rsm__vec runs; /* struct rsm__run * by seq */
+    unsigned n_active;    /* runs in state running */
+    unsigned n_finished;
+    int64_t done[RSM_RUNS_DONE_KEEP]; /* scheduled_for of succeeded runs */
+    unsigned n_done;
+    int64_t fired[RSM_RUNS_DONE_KEEP]; /* scheduled_for triggered by after */
+    unsigned n_fired;
+    struct rsm__pruns *trim_next;
+    bool trimming; /* queued for the retention pass */
 };
 
 void rsm__fsm_init(struct rsm_fsm *f);
@@ -193,6 +230,60 @@ bool rsm__get_i32(const msgpack_object *o, int32_t *out); /* 0..INT32_MAX */
 /* Check an LZ4 block decompresses to exactly raw_len bytes (deterministic;
  * uses a scratch buffer). Returns 0, ERR_MALFORMED or ERR_NOMEM. */
 int rsm__chunk_check(const void *data, uint32_t len, uint32_t raw_len);
+
+/* ---------------------------------------------------------------- runs */
+
+/* Apply PIPELINE_FIRE, RUN_MANUAL, RUN_RETRY (rsm_runs.c). 0 with a result
+ * (possibly a rejection) or ERR_NOMEM (state unchanged). */
+int rsm__apply_run(struct rsm_fsm *f,
+                   struct rsm_cmd *c,
+                   struct rsm_result *res);
+
+/* Hook: job j (with spec.run != 0) just reached a terminal state. Never
+ * allocates; updates its run and queues the follow-up work. */
+void rsm__runs_job_done(struct rsm_fsm *f, const struct rsm_job *j);
+
+/* After every command: fire dependents of runs that succeeded in it and
+ * apply the run retention. Returns 0 or ERR_NOMEM. */
+int rsm__runs_settle(struct rsm_fsm *f);
+
+/* A pipeline was deleted: drop its finished runs and its records. */
+void rsm__runs_pipeline_deleted(struct rsm_fsm *f, const char *name);
+
+/* Free every run and group (fsm clear). */
+void rsm__runs_clear(struct rsm_fsm *f);
+
+/* Snapshot section: run_seq, [group...], [run...] (rsm_runs.c). */
+int rsm__runs_pack(const struct rsm_fsm *f, msgpack_packer *pk);
+int rsm__runs_load(struct rsm_fsm *f,
+                   const msgpack_object *seq,
+                   const msgpack_object *groups,
+                   const msgpack_object *runs,
+                   char *errmsg);
+
+/* Job helpers for runs (rsm_jobs.c). */
+
+/* Submit n jobs at once, all or nothing: on success the specs are stolen
+ * (zeroed) and seqs[0..n) are the new job numbers; on ERR_NOMEM nothing
+ * changed and the specs are still the caller's. */
+int rsm__jobs_add(struct rsm_fsm *f,
+                  struct rsm_job_spec *specs,
+                  unsigned n,
+                  uint64_t *seqs);
+
+/* Reserve room so that n jobs can reach a terminal state without
+ * allocating. Returns 0 or ERR_NOMEM. */
+int rsm__jobs_reserve_finish(struct rsm_fsm *f, unsigned n);
+
+/* JOB_CANCEL on job seq after rsm__jobs_reserve_finish: waiting jobs are
+ * cancelled at once, claimed/running ones get cancel_requested; finished
+ * or unknown jobs are left alone. Returns true if the job was unfinished. */
+bool rsm__job_cancel_reserved(struct rsm_fsm *f, uint64_t seq);
+
+/* Shared by the table files: id parsing ("j42", "r42") and rejections. */
+int rsm__id_parse(char prefix, const char *id, uint64_t *seq);
+void rsm__reject(struct rsm_result *r, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ====================== end of section FSM core ======================= */
 

@@ -44,24 +44,7 @@ const char *rsm_job_end_name(unsigned end)
 
 int rsm_job_id_parse(const char *id, uint64_t *seq)
 {
-    uint64_t v = 0;
-    const char *p;
-    if (id == NULL || id[0] != 'j' || id[1] < '1' || id[1] > '9') {
-        return ERR_INVALID;
-    }
-    for (p = id + 1; *p != '\0'; p++) {
-        unsigned d;
-        if (*p < '0' || *p > '9' || p - id > 20) {
-            return ERR_INVALID;
-        }
-        d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10) {
-            return ERR_INVALID;
-        }
-        v = v * 10 + d;
-    }
-    *seq = v;
-    return 0;
+    return rsm__id_parse('j', id, seq);
 }
 
 void rsm_job_id_format(uint64_t seq, char *buf)
@@ -71,17 +54,7 @@ void rsm_job_id_format(uint64_t seq, char *buf)
 
 /* ------------------------------------------------------------- results */
 
-static void reject(struct rsm_result *r, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void reject(struct rsm_result *r, int code, const char *fmt, ...)
-{
-    va_list ap;
-    r->code = code;
-    va_start(ap, fmt);
-    vsnprintf(r->message, sizeof r->message, fmt, ap);
-    va_end(ap);
-}
+#define reject rsm__reject
 
 /* ------------------------------------------------------------ storage */
 
@@ -204,6 +177,9 @@ static void to_terminal(struct rsm_fsm *f, struct rsm__job *r, uint8_t state)
     f->jobs_active.v[r->pos_active] = NULL;
     f->jobs_active_holes++;
     finished_push(f, r);
+    if (r->job.spec.run != 0) {
+        rsm__runs_job_done(f, &r->job); /* never allocates */
+    }
 }
 
 static void job_delete(struct rsm_fsm *f, struct rsm__job *r)
@@ -283,6 +259,72 @@ static int job_insert(struct rsm_fsm *f, struct rsm__job *r)
         f->jobs_active.v[f->jobs_active.n++] = r;
     }
     return 0;
+}
+
+int rsm__jobs_add(struct rsm_fsm *f,
+                  struct rsm_job_spec *specs,
+                  unsigned n,
+                  uint64_t *seqs)
+{
+    struct rsm__job **recs;
+    unsigned put = 0;
+    int rv;
+    if (n == 0) {
+        return 0;
+    }
+    recs = calloc(n, sizeof *recs);
+    if (recs == NULL) {
+        return ERR_NOMEM;
+    }
+    rv = vec_reserve(&f->jobs_all, n);
+    if (rv == 0) {
+        rv = vec_reserve(&f->jobs_active, n);
+    }
+    for (unsigned i = 0; rv == 0 && i < n; i++) {
+        recs[i] = calloc(1, sizeof *recs[i]);
+        if (recs[i] == NULL) {
+            rv = ERR_NOMEM;
+        }
+    }
+    for (; rv == 0 && put < n; put++) {
+        recs[put]->job.seq = f->job_seq + 1 + put;
+        rv = map_put_u64(&f->jobs, recs[put]->job.seq, recs[put], NULL);
+        if (rv != 0) {
+            break;
+        }
+    }
+    if (rv != 0) {
+        for (unsigned i = 0; i < put; i++) {
+            map_del_u64(&f->jobs, recs[i]->job.seq);
+        }
+        for (unsigned i = 0; i < n; i++) {
+            free(recs[i]);
+        }
+        free(recs);
+        return rv;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct rsm__job *r = recs[i];
+        r->job.spec = specs[i]; /* steal */
+        memset(&specs[i], 0, sizeof specs[i]);
+        r->job.state = RSM_JOB_PENDING;
+        r->job.attempt = 1;
+        r->job.created_ms = f->clock;
+        r->job.next_chunk = 1;
+        r->pos_all = f->jobs_all.n;
+        f->jobs_all.v[f->jobs_all.n++] = r;
+        r->pos_active = f->jobs_active.n;
+        f->jobs_active.v[f->jobs_active.n++] = r;
+        seqs[i] = r->job.seq;
+    }
+    f->job_seq += n;
+    free(recs);
+    return 0;
+}
+
+int rsm__jobs_reserve_finish(struct rsm_fsm *f, unsigned n)
+{
+    return vec_reserve(&f->jobs_finished, n);
 }
 
 /* --------------------------------------------------------------- apply */
@@ -577,6 +619,26 @@ static int apply_finish(struct rsm_fsm *f,
     return 0;
 }
 
+/* JOB_CANCEL on an unfinished job (room reserved): waiting states end
+ * at once, claimed/running ones are flagged for their holder, who kills
+ * the process and FINISHes. */
+static void cancel_reserved(struct rsm_fsm *f, struct rsm__job *r)
+{
+    switch (r->job.state) {
+        case RSM_JOB_PENDING:
+        case RSM_JOB_RETRY_WAIT:
+        case RSM_JOB_PAUSED:
+            to_terminal(f, r, RSM_JOB_CANCELLED);
+            break;
+        case RSM_JOB_CLAIMED:
+        case RSM_JOB_RUNNING:
+            r->job.cancel_requested = true;
+            break;
+        default:
+            break;
+    }
+}
+
 static int apply_cancel(struct rsm_fsm *f,
                         const struct rsm_cmd *c,
                         struct rsm_result *res)
@@ -588,27 +650,28 @@ static int apply_cancel(struct rsm_fsm *f,
         return 0;
     }
     j = &r->job;
-    switch (j->state) {
-        case RSM_JOB_PENDING:
-        case RSM_JOB_RETRY_WAIT:
-        case RSM_JOB_PAUSED:
-            rv = reserve_finish(f, 1);
-            if (rv != 0) {
-                return rv;
-            }
-            to_terminal(f, r, RSM_JOB_CANCELLED);
-            res->value = 0;
-            return 0;
-        case RSM_JOB_CLAIMED:
-        case RSM_JOB_RUNNING:
-            j->cancel_requested = true;
-            res->value = 1; /* the holder kills, then FINISHes */
-            return 0;
-        default:
-            reject(res, ERR_CONFLICT, "job j%llu is already %s",
-                   (unsigned long long)j->seq, rsm_job_state_name(j->state));
-            return 0;
+    if (rsm_job_state_is_finished(j->state)) {
+        reject(res, ERR_CONFLICT, "job j%llu is already %s",
+               (unsigned long long)j->seq, rsm_job_state_name(j->state));
+        return 0;
     }
+    rv = reserve_finish(f, 1);
+    if (rv != 0) {
+        return rv;
+    }
+    cancel_reserved(f, r);
+    res->value = rsm_job_state_is_finished(j->state) ? 0 : 1;
+    return 0;
+}
+
+bool rsm__job_cancel_reserved(struct rsm_fsm *f, uint64_t seq)
+{
+    struct rsm__job *r = map_get_u64(&f->jobs, seq);
+    if (r == NULL || rsm_job_state_is_finished(r->job.state)) {
+        return false;
+    }
+    cancel_reserved(f, r);
+    return true;
 }
 
 static int apply_renew(struct rsm_fsm *f,

@@ -8,8 +8,10 @@
 #include "raft/rsm_int.h"
 #include "util.h"
 
-/* version, clock, last_index, members, pipelines, idem, job_seq, jobs */
-#define SNAP_FIELDS 8
+/* version, clock, last_index, members, pipelines, idem, job_seq, jobs,
+ * run_seq, run_groups, runs */
+#define SNAP_FIELDS 11
+#define SNAP_FIELDS_NO_RUNS 8 /* written before runs existed: no runs */
 #define SNAP_FIELDS_NO_JOBS 6 /* written before jobs existed: no jobs */
 #define PIPELINE_FIELDS 5     /* spec, version, created, updated, fire_cursor */
 #define IDEM_FIELDS 7         /* key, type, time, code, message, value, index */
@@ -78,7 +80,10 @@ int rsm__snap_pack(const struct rsm_fsm *f, msgpack_sbuffer *sbuf)
             return ERR_NOMEM;
         }
     }
-    return rsm__jobs_pack(f, &pk); /* job counter, jobs sorted by seq */
+    if (rsm__jobs_pack(f, &pk) != 0) { /* job counter, jobs sorted by seq */
+        return ERR_NOMEM;
+    }
+    return rsm__runs_pack(f, &pk); /* run counter, groups, runs by seq */
 }
 
 /* Fixed preferences: same input, same bytes (for a given liblz4). */
@@ -391,6 +396,7 @@ static int load(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
         return ERR_VERSION;
     }
     if (o->via.array.size != SNAP_FIELDS &&
+        o->via.array.size != SNAP_FIELDS_NO_RUNS &&
         o->via.array.size != SNAP_FIELDS_NO_JOBS) {
         errmsg_printf(errmsg, "snapshot: expected %d fields", SNAP_FIELDS);
         return ERR_MALFORMED;
@@ -407,8 +413,11 @@ static int load(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
     if (rv == 0) {
         rv = load_idem(f, &fl[5], errmsg);
     }
-    if (rv == 0 && o->via.array.size == SNAP_FIELDS) {
+    if (rv == 0 && o->via.array.size >= SNAP_FIELDS_NO_RUNS) {
         rv = rsm__jobs_load(f, &fl[6], &fl[7], errmsg);
+    }
+    if (rv == 0 && o->via.array.size == SNAP_FIELDS) {
+        rv = rsm__runs_load(f, &fl[8], &fl[9], &fl[10], errmsg);
     }
     if (rv == ERR_MALFORMED) {
         errmsg_wrapf(errmsg, "snapshot");
@@ -434,9 +443,23 @@ int rsm_fsm_restore(struct rsm_fsm *f,
         rv = ERR_MALFORMED;
         goto out;
     }
-    rv = decompress(buf, len, &raw, &raw_len, errmsg);
-    if (rv != 0) {
-        goto out;
+    /* raft_uv recognises the LZ4 frame magic of the snapshots we hand it
+     * and decompresses them itself when it loads one from disk (restart)
+     * or sends one to a lagging follower (InstallSnapshot): restore then
+     * receives the canonical msgpack directly. Accept both forms. */
+    if (len >= 4 && memcmp(buf, "\x04\x22\x4d\x18", 4) == 0) {
+        rv = decompress(buf, len, &raw, &raw_len, errmsg);
+        if (rv != 0) {
+            goto out;
+        }
+    } else {
+        raw = malloc(len);
+        if (raw == NULL) {
+            rv = ERR_NOMEM;
+            goto out;
+        }
+        memcpy(raw, buf, len);
+        raw_len = len;
     }
     rv = rsm__mp_unpack(raw, raw_len, &u, errmsg);
     if (rv != 0) {

@@ -2,8 +2,8 @@
  * crash, leak or return an unexpected code. Not built by default; build:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
  *     tests/fuzz/fuzz_rsm_entry.c src/raft/rsm_cmd.c src/raft/rsm_fsm.c \
- *     src/raft/rsm_snap.c src/raft/rsm_jobs.c src/map.c src/util.c src/err.c
- * src/log.c \
+ *     src/raft/rsm_snap.c src/raft/rsm_jobs.c src/raft/rsm_runs.c \
+ *     src/map.c src/util.c src/err.c src/log.c \
  *     $(pkg-config --cflags --libs msgpack liblz4 raft) -o fuzz_rsm_entry
  *   ./fuzz_rsm_entry -max_len=4096 */
 #include <stdint.h>

@@ -408,3 +408,35 @@ Test(cluster, thousand_writes_survive_a_leader_kill)
               "not every node holds all 1000 acknowledged writes");
     cl_stop(&c, true);
 }
+
+/* Every node restarts from its data dir after snapshots were taken (more
+ * entries than the snapshot threshold): the state comes back from the
+ * snapshot plus the log tail. */
+Test(cluster, whole_cluster_restart_after_snapshots_keeps_everything)
+{
+    struct cl c;
+    struct view_arg alive = {&c, NULL, "alive", -1};
+    struct count_arg ca = {&c, 1200};
+
+    cl_start(&c, 3, "restart");
+    cr_assert(th_wait(cl_all_see, &alive, 15000));
+    cr_assert(th_wait(cl_same_leader, &c, 15000));
+    for (int i = 0; i < 1200; i++) {
+        char name[16];
+        long code;
+        snprintf(name, sizeof name, "s%d", i);
+        code = create_pipeline(&c.a[i % 3], name, NULL);
+        cr_assert_eq(code, 201, "write %d: %ld", i, code);
+    }
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(th_agent_stop(&c.a[i], 10000), 0, "unclean stop of %s",
+                     c.a[i].name);
+    }
+    for (int i = 0; i < 3; i++) {
+        cl_start_one(&c, i, i == 0 ? NULL : c.a[0].gossip_addr, 3);
+    }
+    cr_assert(th_wait(cl_same_leader, &c, 20000), "no leader after restart");
+    cr_assert(th_wait(all_have_count, &ca, 20000),
+              "state lost across a whole-cluster restart");
+    cl_stop(&c, true);
+}

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -70,6 +71,46 @@ static int port_free(uint16_t port)
     return ok;
 }
 
+/* Cross-process reservation: test binaries run in parallel (ctest -j) and
+ * a port freed by a killed agent must not be handed to another test before
+ * that agent restarts on it. A reservation is a file named after the port,
+ * holding the reserving pid; it is stale once that process is gone. */
+#define PORT_DIR "/tmp/kiln-test-ports"
+
+static int port_reserve(uint16_t port)
+{
+    char path[64], buf[32];
+    int fd;
+    mkdir(PORT_DIR, 0777);
+    snprintf(path, sizeof path, PORT_DIR "/%u", port);
+    for (int tries = 0; tries < 2; tries++) {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd >= 0) {
+            int len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+            if (write(fd, buf, (size_t)len) != len) {
+                /* best effort */
+            }
+            close(fd);
+            return 1;
+        }
+        fd = open(path, O_RDONLY);
+        if (fd >= 0) {
+            ssize_t r = read(fd, buf, sizeof buf - 1);
+            long owner = 0;
+            close(fd);
+            if (r > 0) {
+                buf[r] = '\0';
+                owner = strtol(buf, NULL, 10);
+            }
+            if (owner > 0 && (kill((pid_t)owner, 0) == 0 || errno != ESRCH)) {
+                return 0; /* held by a live test process */
+            }
+        }
+        unlink(path); /* stale: take it over */
+    }
+    return 0;
+}
+
 void th_free_ports(uint16_t *ports, int n)
 {
     /* Spread processes over the range by pid so that parallel test
@@ -85,7 +126,7 @@ void th_free_ports(uint16_t *ports, int n)
             if (next >= 60000) {
                 next = 20000;
             }
-            if (port_free(p)) {
+            if (port_free(p) && port_reserve(p)) {
                 ports[i] = p;
                 break;
             }
@@ -158,6 +199,9 @@ pid_t th_agent_start(struct th_agent *a, const char *const *extra)
             close(fd);
         }
         setpgid(0, 0);
+        /* A test that dies (failed assertion, timeout) takes its agents
+         * with it instead of leaking them. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         execv(KILN_BIN, (char *const *)argv);
         _exit(127);
     }

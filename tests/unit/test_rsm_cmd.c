@@ -242,6 +242,14 @@ static void sample_cmds(struct rsm_cmd c[RSM_CMD__COUNT])
         c[RSM_CMD_NODE_RENEW].u.node_renew.lease_ms = 3000;
         c[RSM_CMD_NODE_EXPIRE].u.node_expire.node = 5;
     }
+    /* Run commands (branch runs). */
+    str_copy(c[RSM_CMD_PIPELINE_FIRE].u.pipeline_fire.pipeline,
+             RSM_NAME_MAX + 1, "nightly");
+    c[RSM_CMD_PIPELINE_FIRE].u.pipeline_fire.scheduled_for_ms = 1700000000000LL;
+    c[RSM_CMD_PIPELINE_FIRE].u.pipeline_fire.skip = true;
+    str_copy(c[RSM_CMD_RUN_MANUAL].u.run_manual.pipeline, RSM_NAME_MAX + 1,
+             "nightly");
+    c[RSM_CMD_RUN_RETRY].u.run_retry.run = 12;
 }
 
 static void clear_cmds(struct rsm_cmd *c, unsigned n)

@@ -1095,7 +1095,7 @@ static void hand_snapshot(unsigned v, void **out, size_t *out_len)
     msgpack_pack_array(&pk, 0);
     msgpack_pack_uint64(&pk, v == 1 ? 1 : 2); /* job_seq */
     msgpack_pack_array(&pk, 1);
-    msgpack_pack_array(&pk, 19);
+    msgpack_pack_array(&pk, 20);
     rsm__job_spec_pack(&c.u.job_submit, &pk);
     msgpack_pack_uint64(&pk, 2);                /* seq */
     msgpack_pack_uint8(&pk, RSM_JOB_RUNNING);   /* state */
@@ -1114,6 +1114,7 @@ static void hand_snapshot(unsigned v, void **out, size_t *out_len)
     msgpack_pack_uint64(&pk, v == 4 ? 6 : 5);   /* out_bytes */
     msgpack_pack_uint64(&pk, 0);                /* out_cut */
     msgpack_pack_uint64(&pk, 2);                /* next_chunk */
+    msgpack_pack_uint64(&pk, 1);                /* last_node */
     msgpack_pack_array(&pk, 1);
     msgpack_pack_array(&pk, 5);
     msgpack_pack_uint64(&pk, v == 5 ? 2 : 1);

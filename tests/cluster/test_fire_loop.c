@@ -1,0 +1,329 @@
+/* The firing loop on a real single-node rsm (raft_uv on 127.0.0.1) and a
+ * uv loop: schedules fire once per tick, on time, and catch up per policy
+ * after a gap in which nobody fired. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "lib/cluster.h"
+#include "lib/harness.h"
+#include "raft/rsm.h"
+#include "sched/fire.h"
+#include "util.h"
+
+TestSuite(fire_loop, .timeout = 60);
+
+static uv_loop_t loop;
+static char root[512];
+static uint16_t port;
+static struct rsm *node;
+static struct fire fire;
+static bool fire_on;     /* fire_init done, not closed */
+static bool fire_closed; /* fire_close's cb ran */
+static bool rsm_closed;
+
+static void applied_cb(struct rsm *r,
+                       const struct rsm_cmd *cmd,
+                       const struct rsm_result *res,
+                       void *ud)
+{
+    (void)r;
+    (void)ud;
+    if (fire_on) {
+        fire_on_applied(&fire, cmd, res);
+    }
+}
+
+static void role_cb(struct rsm *r, void *ud)
+{
+    (void)r;
+    (void)ud;
+    if (fire_on) {
+        fire_on_role(&fire);
+    }
+}
+
+static int forward(struct rsm *r,
+                   uint64_t leader_id,
+                   const void *buf,
+                   size_t len,
+                   rsm_forward_done done,
+                   void *req,
+                   void *ud)
+{
+    (void)r;
+    (void)leader_id;
+    (void)buf;
+    (void)len;
+    (void)done;
+    (void)req;
+    (void)ud;
+    return ERR_UNAVAILABLE; /* single node: never a follower */
+}
+
+static bool run_until(bool (*cond)(void *), void *arg, unsigned timeout_ms)
+{
+    uint64_t end = th_now_ms() + timeout_ms;
+    while (th_now_ms() < end) {
+        if (cond(arg)) {
+            return true;
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    return cond(arg);
+}
+
+static bool never(void *arg)
+{
+    (void)arg;
+    return false;
+}
+
+/* Run the loop for ms (a keep-alive timer keeps UV_RUN_ONCE from blocking
+ * forever). */
+static void tick_cb(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void run_for(unsigned ms)
+{
+    uv_timer_t t;
+    uv_timer_init(&loop, &t);
+    uv_timer_start(&t, tick_cb, 5, 5);
+    run_until(never, NULL, ms);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+static bool is_leader(void *arg)
+{
+    (void)arg;
+    return rsm_is_leader(node);
+}
+
+static void setup(void)
+{
+    struct rsm_config cfg;
+    struct rsm_server self;
+    char errmsg[ERRMSG_SIZE] = "";
+
+    signal(SIGPIPE, SIG_IGN);
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    th_tmpdir(root, sizeof root, "fire");
+    th_free_ports(&port, 1);
+    rsm_config_defaults(&cfg);
+    cfg.id = 1;
+    str_copy(cfg.name, sizeof cfg.name, "n1");
+    str_copy(cfg.raft.host, sizeof cfg.raft.host, "127.0.0.1");
+    cfg.raft.port = port;
+    snprintf(cfg.dir, sizeof cfg.dir, "%s/n1", root);
+    cfg.election_ms = 150;
+    cfg.heartbeat_ms = 15;
+    cfg.forward = forward;
+    cfg.on_applied = applied_cb;
+    cfg.on_role = role_cb;
+    node = rsm_create(&loop, &cfg, errmsg);
+    cr_assert_not_null(node, "%s", errmsg);
+    cr_assert_eq(rsm_start(node, errmsg), 0, "%s", errmsg);
+    self.id = 1;
+    snprintf(self.raft, sizeof self.raft, "127.0.0.1:%u", port);
+    cr_assert_eq(rsm_bootstrap(node, &self, 1), 0);
+    cr_assert(run_until(is_leader, NULL, 5000), "no leader");
+}
+
+static void fire_closed_cb(struct fire *f)
+{
+    (void)f;
+    fire_closed = true;
+}
+
+static void rsm_closed_cb(struct rsm *r, void *data)
+{
+    (void)r;
+    (void)data;
+    rsm_closed = true;
+}
+
+static bool flag(void *arg)
+{
+    return *(bool *)arg;
+}
+
+static void teardown(void)
+{
+    if (fire_on) {
+        fire_on = false;
+        fire_closed = false;
+        fire_close(&fire, fire_closed_cb);
+        cr_assert(run_until(flag, &fire_closed, 5000));
+    }
+    rsm_closed = false;
+    rsm_close(node, rsm_closed_cb, NULL);
+    cr_assert(run_until(flag, &rsm_closed, 5000));
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0, "leaked handles");
+    th_rmrf(root);
+}
+
+struct outcome
+{
+    bool fired;
+    int rv;
+    struct rsm_result res;
+};
+
+static void proposed_cb(void *data, int rv, const struct rsm_result *res)
+{
+    struct outcome *o = data;
+    o->fired = true;
+    o->rv = rv;
+    if (res != NULL) {
+        o->res = *res;
+    }
+}
+
+static bool outcome_fired(void *arg)
+{
+    return ((struct outcome *)arg)->fired;
+}
+
+static void create_pipeline(const char *name,
+                            const char *schedule,
+                            int catchup,
+                            bool paused)
+{
+    struct rsm_cmd cmd;
+    struct outcome o;
+    memset(&o, 0, sizeof o);
+    cl_cmd_pipeline(&cmd, name);
+    str_copy(cmd.u.pipeline_create.schedule,
+             sizeof cmd.u.pipeline_create.schedule, schedule);
+    cmd.u.pipeline_create.catchup = (uint8_t)catchup;
+    cmd.u.pipeline_create.paused = paused;
+    cr_assert_eq(rsm_propose(node, &cmd, proposed_cb, &o), 0);
+    cr_assert(run_until(outcome_fired, &o, 5000), "create %s", name);
+    cr_assert_eq(o.rv, 0, "%s", err_str(o.rv));
+    cr_assert_eq(o.res.code, 0, "%s", o.res.message);
+}
+
+static void start_fire(void)
+{
+    cr_assert_eq(fire_init(&fire, &loop, node), 0);
+    fire_on = true;
+}
+
+/* Runs of pipeline name, oldest first. */
+static unsigned runs_of(const char *name, const struct rsm_run **out)
+{
+    const struct rsm_run *tmp[64];
+    unsigned n = rsm_fsm_runs(rsm_state(node), name, tmp, 64);
+    cr_assert_leq(n, 64);
+    for (unsigned i = 0; i < n; i++) {
+        out[i] = tmp[n - 1 - i];
+    }
+    return n;
+}
+
+Test(fire_loop, every_second_on_time, .init = setup, .fini = teardown)
+{
+    const struct rsm_run *runs[64];
+    int64_t t0, t1, worst = 0;
+    unsigned n;
+
+    create_pipeline("tick", "@every 1s", 0, false);
+    create_pipeline("held", "@every 1s", 0, true);
+    create_pipeline("plain", "", 0, false);
+    t0 = time_wall_ms();
+    start_fire();
+    run_for(3500);
+    t1 = time_wall_ms();
+
+    n = runs_of("tick", runs);
+    cr_assert(n >= 2 && n <= 4, "%u runs in 3.5 s", n);
+    for (unsigned i = 0; i < n; i++) {
+        int64_t late = runs[i]->created_ms - runs[i]->scheduled_for_ms;
+        cr_assert_eq(runs[i]->trigger, RSM_TRIGGER_SCHEDULE);
+        cr_assert_eq(runs[i]->scheduled_for_ms % 1000, 0);
+        cr_assert_gt(runs[i]->scheduled_for_ms, t0 - 1000);
+        cr_assert_leq(runs[i]->scheduled_for_ms, t1);
+        if (i > 0) {
+            cr_assert_eq(runs[i]->scheduled_for_ms,
+                         runs[i - 1]->scheduled_for_ms + 1000,
+                         "ticks not consecutive");
+        }
+        /* Leader time at append minus the tick: the firing lateness. */
+        cr_assert_geq(late, 0);
+        if (late > worst) {
+            worst = late;
+        }
+    }
+    cr_log_info("fire lateness: worst %lld ms over %u runs", (long long)worst,
+                n);
+    cr_assert_lt(worst, 500, "fired %lld ms late", (long long)worst);
+    cr_assert_eq(runs_of("held", runs), 0, "a paused pipeline fired");
+    cr_assert_eq(runs_of("plain", runs), 0, "no schedule, yet it fired");
+    cr_assert_eq(fire.skipped, 0);
+    cr_assert_eq(fire.rejected, 0);
+    cr_assert_eq(fire.failed, 0);
+    cr_assert_eq(fire.applied, fire.proposed);
+}
+
+/* Nobody fires for ~3.3 s (as if the leader were down), then the loop
+ * starts: all replays the missed ticks in order, latest runs one, none
+ * consumes the missed ones with a skip and runs the current tick. */
+Test(fire_loop, catchup_after_gap, .init = setup, .fini = teardown)
+{
+    const struct rsm_run *runs[64];
+    const struct rsm_pipeline *p;
+    int64_t created, started;
+    unsigned n, k;
+
+    create_pipeline("all", "@every 1s", RSM_CATCHUP_ALL, false);
+    create_pipeline("latest", "@every 1s", RSM_CATCHUP_LATEST, false);
+    create_pipeline("none", "@every 1s", RSM_CATCHUP_NONE, false);
+    p = rsm_fsm_pipeline(rsm_state(node), "all");
+    cr_assert_not_null(p);
+    created = p->fire_cursor_ms;
+    run_for(3300);
+    started = time_wall_ms();
+    start_fire();
+    run_for(300);
+
+    /* Ticks due when the loop started: (created, started]. */
+    n = runs_of("all", runs);
+    k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (runs[i]->scheduled_for_ms <= started) {
+            k++;
+        }
+        if (i > 0) {
+            cr_assert_eq(runs[i]->scheduled_for_ms,
+                         runs[i - 1]->scheduled_for_ms + 1000);
+        }
+    }
+    cr_assert_eq(runs[0]->scheduled_for_ms, (created / 1000 + 1) * 1000,
+                 "all: the first missed tick first");
+    cr_assert_eq(k, (unsigned)(started / 1000 - created / 1000),
+                 "all: %u of the missed ticks ran", k);
+    cr_assert_geq(k, 3);
+
+    n = runs_of("latest", runs);
+    cr_assert_geq(n, 1);
+    /* (the loop plans a moment after `started`: a tick may cross) */
+    cr_assert(runs[0]->scheduled_for_ms == started / 1000 * 1000 ||
+                  runs[0]->scheduled_for_ms == started / 1000 * 1000 + 1000,
+              "latest: the most recent tick runs");
+
+    n = runs_of("none", runs);
+    cr_assert_geq(n, 1);
+    /* (the loop plans a moment after `started`: a tick may cross) */
+    cr_assert(runs[0]->scheduled_for_ms == started / 1000 * 1000 ||
+                  runs[0]->scheduled_for_ms == started / 1000 * 1000 + 1000,
+              "none: only the current (on-time) tick runs");
+    cr_assert_geq(fire.skipped, 1);
+    cr_assert_eq(fire.rejected, 0);
+}
