@@ -5,7 +5,7 @@
 #
 #   deploy/bench.sh                  all benchmarks (about 10 minutes)
 #   deploy/bench.sh --quick          fewer trials, smaller sizes
-#   deploy/bench.sh raft jobs        only these (gossip, raft, jobs)
+#   deploy/bench.sh raft jobs        only these (gossip raft jobs pipelines)
 #   build-bench/bench_raft [--quick] [--trials N]   one benchmark alone
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +22,12 @@ done
 
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_BENCH=ON \
     >/dev/null || { echo "bench: cmake failed" >&2; exit 1; }
-cmake --build build-bench -j"$(nproc)" >/dev/null ||
+[ ${#only[@]} -gt 0 ] || only=(gossip raft jobs pipelines)
+targets=(kiln bench_ticker)
+for b in "${only[@]}"; do targets+=("bench_$b"); done
+cmake --build build-bench -j"$(nproc)" --target "${targets[@]}" >/dev/null ||
     { echo "bench: build failed" >&2; exit 1; }
 
-[ ${#only[@]} -gt 0 ] || only=(gossip raft jobs)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 status=0
