@@ -111,8 +111,12 @@ static void status_cb(struct http_req *req, void *data)
                      (json_int_t)rss_kib(), "raft", raft, "gossip",
                      gossip_json(a->deps.gossip), "fsm", "pipelines",
                      (json_int_t)rsm_fsm_pipeline_count(f), "jobs",
-                     (json_int_t)rsm_fsm_job_count(f), "jobs", jobs_json(a, f),
-                     "http_requests", (json_int_t)a->requests);
+                     (json_int_t)rsm_fsm_job_count(f), "runs",
+                     (json_int_t)rsm_fsm_run_count(f), "jobs", jobs_json(a, f));
+    if (body == NULL) {
+        http_reply_error(req, 500, "internal", "status: out of memory");
+        return;
+    }
     http_reply_json(req, 200, body);
 }
 

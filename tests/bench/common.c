@@ -128,7 +128,20 @@ bool bn_start(struct bn *c, int n, const char *tag, const char *const *extra)
             start_agent(c, i);
         }
     }
-    return wait_for(all_alive, c, 60000) && wait_for(same_leader, c, 30000);
+    if (!wait_for(all_alive, c, 60000) || !wait_for(same_leader, c, 30000)) {
+        return false;
+    }
+    {
+        /* every figure below depends on /v1/status: check its shape */
+        json_t *s = bn_status(c, 0);
+        bool ok = bn_jint(s, "rss_kib") > 0 && bn_jint(s, "fsm.jobs") >= 0 &&
+                  bn_jint(s, "gossip.udp_out_bytes") >= 0;
+        json_decref(s);
+        if (!ok) {
+            fprintf(stderr, "GET /v1/status of n1: unexpected shape\n");
+        }
+        return ok;
+    }
 }
 
 void bn_restart(struct bn *c, int i)
