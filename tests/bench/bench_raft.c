@@ -261,8 +261,12 @@ int main(int argc, char **argv)
                    (long long)bn_jint(s, "fsm.pipelines"), rss[i]);
             json_decref(s);
         }
-        snprintf(note, sizeof note, "max of 3 nodes with %llu pipelines",
+        s = bn_status(&c, 0);
+        snprintf(note, sizeof note,
+                 "max of 3 nodes with %lld pipelines (goal point: %llu)",
+                 (long long)bn_jint(s, "fsm.pipelines"),
                  (unsigned long long)want);
+        json_decref(s);
         bn_result("raft", "rss_with_pipelines", bn_pct(rss, 3, 100), "MiB",
                   note);
     }
