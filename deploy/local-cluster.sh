@@ -24,8 +24,10 @@ stop() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     echo "stopped."
+    exit 0
 }
-trap stop INT TERM EXIT
+trap stop INT TERM
+trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' EXIT
 
 join=""
 for ((i = 0; i < n; i++)); do
@@ -45,3 +47,4 @@ echo "Ctrl-C stops the cluster; data stays in $dir (restart resumes it)."
 # Exit as soon as any node dies, so a failure is not hidden.
 wait -n "${pids[@]}" || true
 echo "a node exited; see the logs in $dir" >&2
+exit 1

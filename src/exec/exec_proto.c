@@ -6,6 +6,7 @@
 
 #include "err.h"
 #include "exec/exec_int.h"
+#include "mpcheck.h"
 
 void exec__buf_free(struct exec__buf *b)
 {
@@ -255,15 +256,6 @@ int exec__frame_peek(const uint8_t *buf, size_t len, size_t *frame_len)
     return 0;
 }
 
-static uint64_t be_read(const uint8_t *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        v = (v << 8) | p[i];
-    }
-    return v;
-}
-
 /* Walk one msgpack object without building it, checking that every length
  * fits in the bytes present and that the object count is small.
  * msgpack_unpack_next sizes its zone from the declared container counts
@@ -271,127 +263,8 @@ static uint64_t be_read(const uint8_t *p, size_t n)
  * array would otherwise ask for 100 GiB. */
 static bool msgpack_sane(const uint8_t *p, size_t len)
 {
-    const uint8_t *end = p + len;
-    uint64_t pending = 1;
-    uint64_t objects = 0;
-
-    while (pending > 0) {
-        uint8_t b;
-        uint64_t skip = 0;
-        uint64_t items = 0;
-        size_t lenbytes = 0;
-
-        if (p >= end || ++objects > 4 * EXEC__ARGS_MAX + 64) {
-            return false;
-        }
-        pending--;
-        b = *p++;
-        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
-            continue;
-        }
-        if (b >= 0x80 && b <= 0x8f) {
-            items = 2u * (b & 0x0fu);
-        } else if (b >= 0x90 && b <= 0x9f) {
-            items = b & 0x0fu;
-        } else if (b >= 0xa0 && b <= 0xbf) {
-            skip = b & 0x1fu;
-        } else {
-            switch (b) {
-                case 0xc4: /* bin 8/16/32 */
-                case 0xd9: /* str 8/16/32 */
-                    lenbytes = 1;
-                    break;
-                case 0xc5:
-                case 0xda:
-                    lenbytes = 2;
-                    break;
-                case 0xc6:
-                case 0xdb:
-                    lenbytes = 4;
-                    break;
-                case 0xc7: /* ext 8/16/32: length, type, data */
-                    lenbytes = 1;
-                    skip = 1;
-                    break;
-                case 0xc8:
-                    lenbytes = 2;
-                    skip = 1;
-                    break;
-                case 0xc9:
-                    lenbytes = 4;
-                    skip = 1;
-                    break;
-                case 0xca:
-                    skip = 4;
-                    break;
-                case 0xcb:
-                    skip = 8;
-                    break;
-                case 0xcc:
-                case 0xd0:
-                    skip = 1;
-                    break;
-                case 0xcd:
-                case 0xd1:
-                    skip = 2;
-                    break;
-                case 0xce:
-                case 0xd2:
-                    skip = 4;
-                    break;
-                case 0xcf:
-                case 0xd3:
-                    skip = 8;
-                    break;
-                case 0xd4: /* fixext 1/2/4/8/16 */
-                    skip = 2;
-                    break;
-                case 0xd5:
-                    skip = 3;
-                    break;
-                case 0xd6:
-                    skip = 5;
-                    break;
-                case 0xd7:
-                    skip = 9;
-                    break;
-                case 0xd8:
-                    skip = 17;
-                    break;
-                case 0xdc: /* array 16/32 */
-                case 0xdd:
-                case 0xde: /* map 16/32 */
-                case 0xdf:
-                    lenbytes = (b == 0xdc || b == 0xde) ? 2 : 4;
-                    if ((size_t)(end - p) < lenbytes) {
-                        return false;
-                    }
-                    items = be_read(p, lenbytes);
-                    if (b >= 0xde) {
-                        items *= 2;
-                    }
-                    p += lenbytes;
-                    lenbytes = 0;
-                    break;
-                default: /* 0xc1: never used */
-                    return false;
-            }
-        }
-        if (lenbytes > 0) {
-            if ((size_t)(end - p) < lenbytes) {
-                return false;
-            }
-            skip += be_read(p, lenbytes);
-            p += lenbytes;
-        }
-        /* Every pending item needs at least one byte. */
-        if (skip > (uint64_t)(end - p) || items > (uint64_t)(end - p) - skip) {
-            return false;
-        }
-        p += skip;
-        pending += items;
-    }
-    return p == end;
+    size_t objlen = 0;
+    return mp_check(p, len, 8, &objlen) == 0 && objlen == len;
 }
 
 static bool get_u64(const msgpack_object *o, uint64_t max, uint64_t *out)

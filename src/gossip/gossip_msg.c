@@ -7,165 +7,22 @@
 
 #include "err.h"
 #include "gossip/gossip_int.h"
+#include "mpcheck.h"
 
 #define CHECK_MAX_DEPTH 8
 #define PUSHPULL_MAX_ENTRIES 4096
 
 /* ------------------------------------------------------------------ */
-/* Structural pre-check. msgpack-c allocates container storage from the
- * announced count before reading the elements, so a 5-byte packet could
- * ask for gigabytes; this walk rejects that first. */
-
-static int check_need(size_t len, size_t off, uint64_t n)
-{
-    return (uint64_t)(len - off) < n ? ERR_MALFORMED : 0;
-}
-
-static uint64_t be_read(const uint8_t *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++) {
-        v = (v << 8) | p[i];
-    }
-    return v;
-}
-
-static int check_obj(const uint8_t *p, size_t len, size_t *off, unsigned depth)
-{
-    uint8_t b;
-    uint64_t count = 0; /* container elements (objects) to walk */
-    uint64_t skip = 0;  /* payload bytes to skip */
-    unsigned nlen = 0;  /* bytes of length field */
-    bool container = false;
-
-    if (depth > CHECK_MAX_DEPTH || *off >= len) {
-        return ERR_MALFORMED;
-    }
-    b = p[(*off)++];
-    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
-        return 0;
-    }
-    if (b >= 0x80 && b <= 0x8f) {
-        count = 2u * (b & 0x0fu);
-        container = true;
-    } else if (b >= 0x90 && b <= 0x9f) {
-        count = b & 0x0fu;
-        container = true;
-    } else if (b >= 0xa0 && b <= 0xbf) {
-        skip = b & 0x1fu;
-    } else {
-        switch (b) {
-            case 0xc4: /* bin8/16/32, str8/16/32 */
-            case 0xd9:
-                nlen = 1;
-                break;
-            case 0xc5:
-            case 0xda:
-                nlen = 2;
-                break;
-            case 0xc6:
-            case 0xdb:
-                nlen = 4;
-                break;
-            case 0xc7: /* ext8/16/32: length, then a type byte */
-            case 0xc8:
-            case 0xc9: {
-                unsigned l = b == 0xc7 ? 1u : b == 0xc8 ? 2u : 4u;
-                if (check_need(len, *off, l + 1u) != 0) {
-                    return ERR_MALFORMED;
-                }
-                skip = be_read(p + *off, l) + 1u;
-                *off += l;
-                break;
-            }
-            case 0xca:
-            case 0xce:
-            case 0xd2:
-                skip = 4;
-                break;
-            case 0xcb:
-            case 0xcf:
-            case 0xd3:
-                skip = 8;
-                break;
-            case 0xcc:
-            case 0xd0:
-                skip = 1;
-                break;
-            case 0xcd:
-            case 0xd1:
-                skip = 2;
-                break;
-            case 0xd4:
-                skip = 2;
-                break;
-            case 0xd5:
-                skip = 3;
-                break;
-            case 0xd6:
-                skip = 5;
-                break;
-            case 0xd7:
-                skip = 9;
-                break;
-            case 0xd8:
-                skip = 17;
-                break;
-            case 0xdc:
-            case 0xdd:
-            case 0xde:
-            case 0xdf: {
-                unsigned l = (b == 0xdc || b == 0xde) ? 2u : 4u;
-                if (check_need(len, *off, l) != 0) {
-                    return ERR_MALFORMED;
-                }
-                count = be_read(p + *off, l);
-                if (b >= 0xde) {
-                    count *= 2u;
-                }
-                *off += l;
-                container = true;
-                break;
-            }
-            default: /* 0xc1: never used */
-                return ERR_MALFORMED;
-        }
-    }
-    if (nlen > 0) {
-        if (check_need(len, *off, nlen) != 0) {
-            return ERR_MALFORMED;
-        }
-        skip = be_read(p + *off, nlen);
-        *off += nlen;
-    }
-    if (!container) {
-        if (check_need(len, *off, skip) != 0) {
-            return ERR_MALFORMED;
-        }
-        *off += (size_t)skip;
-        return 0;
-    }
-    /* Every element takes at least one byte. */
-    if (check_need(len, *off, count) != 0) {
-        return ERR_MALFORMED;
-    }
-    for (uint64_t i = 0; i < count; i++) {
-        int rv = check_obj(p, len, off, depth + 1);
-        if (rv != 0) {
-            return rv;
-        }
-    }
-    return 0;
-}
+/* Structural pre-check (src/mpcheck.h): a packet is exactly one object. */
 
 int gossip__msgpack_check(const uint8_t *p, size_t len)
 {
-    size_t off = 0;
-    int rv = check_obj(p, len, &off, 0);
+    size_t objlen = 0;
+    int rv = mp_check(p, len, CHECK_MAX_DEPTH, &objlen);
     if (rv != 0) {
         return rv;
     }
-    return off == len ? 0 : ERR_MALFORMED;
+    return objlen == len ? 0 : ERR_MALFORMED;
 }
 
 /* ------------------------------------------------------------------ */

@@ -740,3 +740,35 @@ unsigned rsm_fsm_members(const struct rsm_fsm *f,
     }
     return f->members_by_id.n;
 }
+
+/* "j42"/"r42" -> 42: the prefix, then a decimal without leading zeros. */
+int rsm__id_parse(char prefix, const char *id, uint64_t *seq)
+{
+    uint64_t v = 0;
+    const char *p;
+    if (id == NULL || id[0] != prefix || id[1] < '1' || id[1] > '9') {
+        return ERR_INVALID;
+    }
+    for (p = id + 1; *p != '\0'; p++) {
+        unsigned d;
+        if (*p < '0' || *p > '9' || p - id > 20) {
+            return ERR_INVALID;
+        }
+        d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            return ERR_INVALID;
+        }
+        v = v * 10 + d;
+    }
+    *seq = v;
+    return 0;
+}
+
+void rsm__reject(struct rsm_result *r, int code, const char *fmt, ...)
+{
+    va_list ap;
+    r->code = code;
+    va_start(ap, fmt);
+    vsnprintf(r->message, sizeof r->message, fmt, ap);
+    va_end(ap);
+}

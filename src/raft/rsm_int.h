@@ -280,6 +280,11 @@ int rsm__jobs_reserve_finish(struct rsm_fsm *f, unsigned n);
  * or unknown jobs are left alone. Returns true if the job was unfinished. */
 bool rsm__job_cancel_reserved(struct rsm_fsm *f, uint64_t seq);
 
+/* Shared by the table files: id parsing ("j42", "r42") and rejections. */
+int rsm__id_parse(char prefix, const char *id, uint64_t *seq);
+void rsm__reject(struct rsm_result *r, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* ====================== end of section FSM core ======================= */
 
 /* ===================================================================== */

@@ -39,24 +39,7 @@ const char *rsm_trigger_name(unsigned trigger)
 
 int rsm_run_id_parse(const char *id, uint64_t *seq)
 {
-    uint64_t v = 0;
-    const char *p;
-    if (id == NULL || id[0] != 'r' || id[1] < '1' || id[1] > '9') {
-        return ERR_INVALID;
-    }
-    for (p = id + 1; *p != '\0'; p++) {
-        unsigned d;
-        if (*p < '0' || *p > '9' || p - id > 20) {
-            return ERR_INVALID;
-        }
-        d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10) {
-            return ERR_INVALID;
-        }
-        v = v * 10 + d;
-    }
-    *seq = v;
-    return 0;
+    return rsm__id_parse('r', id, seq);
 }
 
 void rsm_run_id_format(uint64_t seq, char *buf)
@@ -66,17 +49,7 @@ void rsm_run_id_format(uint64_t seq, char *buf)
 
 /* ------------------------------------------------------------- results */
 
-static void reject(struct rsm_result *r, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void reject(struct rsm_result *r, int code, const char *fmt, ...)
-{
-    va_list ap;
-    r->code = code;
-    va_start(ap, fmt);
-    vsnprintf(r->message, sizeof r->message, fmt, ap);
-    va_end(ap);
-}
+#define reject rsm__reject
 
 /* ------------------------------------------------------------ storage */
 

@@ -910,7 +910,8 @@ Test(rsm_runs, snapshot_round_trip_then_same_future)
         }
     }
     cr_assert_eq(rsm_fsm_digest(t.f), rsm_fsm_digest(u.f));
-    snap(&t, &b1 /* reuse */, &l1);
+    free(b1);
+    snap(&t, &b1, &l1);
     snap(&u, &b2, &l2);
     cr_assert_eq(l1, l2);
     cr_assert_eq(memcmp(b1, b2, l1), 0);
