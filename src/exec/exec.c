@@ -600,13 +600,18 @@ int exec_kill(struct exec *x, const char *job_id, enum exec_end why)
 void exec_fence_extend(struct exec *x, unsigned ms_from_now)
 {
     struct exec__msg m;
+    uint64_t now = time_mono_ms();
     x->fence_seq++;
     x->fenced = false;
-    x->fence_deadline = ms_from_now == 0 ? 0 : time_mono_ms() + ms_from_now;
+    x->fence_deadline = ms_from_now == 0 ? 0 : now + ms_from_now;
     memset(&m, 0, sizeof m);
     m.type = EXEC__MSG_FENCE;
     m.seq = x->fence_seq;
     m.ms = ms_from_now;
+    /* The helper counts from `at`, not from the frame's arrival: a frame
+     * that waited in the write queue (or in a frozen agent) must not move
+     * the deadline past the one computed here. */
+    m.at = now;
     send_msg(x, &m); /* if the helper is down, its restart carries it */
 }
 

@@ -684,6 +684,30 @@ static void start_shutdown(struct helper *h, const char *why)
     }
 }
 
+/* FENCE{seq, ms, at}: the new deadline is at + ms on CLOCK_MONOTONIC
+ * (same machine, same clock as the agent's), not arrival + ms, so a frame
+ * that was delayed (queued behind a big SPAWN, or written by an agent that
+ * was frozen after computing it) never extends the fence beyond what the
+ * agent intended. A deadline already due fires first: it is the contract,
+ * even if this frame was only read late. */
+static void handle_fence(struct helper *h, const struct exec__msg *m)
+{
+    uint64_t now = time_mono_ms();
+    if (h->fence_deadline != 0 && !h->fenced && now >= h->fence_deadline) {
+        fence_all(h, "deadline passed");
+    }
+    h->fence_seq = m->seq;
+    h->fenced = false;
+    if (m->ms == 0) {
+        h->fence_deadline = 0;
+        return;
+    }
+    h->fence_deadline = (m->at != 0 && m->at <= now ? m->at : now) + m->ms;
+    if (now >= h->fence_deadline) {
+        fence_all(h, "extension arrived after its deadline");
+    }
+}
+
 static void handle_frame(struct helper *h, const uint8_t *frame, size_t len)
 {
     char errmsg[ERRMSG_SIZE];
@@ -709,9 +733,7 @@ static void handle_frame(struct helper *h, const uint8_t *frame, size_t len)
             }
             break;
         case EXEC__MSG_FENCE:
-            h->fence_seq = m.seq;
-            h->fenced = false;
-            h->fence_deadline = m.ms == 0 ? 0 : time_mono_ms() + m.ms;
+            handle_fence(h, &m);
             break;
         case EXEC__MSG_FENCE_NOW:
             h->fence_seq = m.seq;

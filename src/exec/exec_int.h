@@ -35,7 +35,7 @@ enum exec__type {
     /* agent -> helper */
     EXEC__MSG_SPAWN = 1,     /* job_id epoch timeout_ms argv env limits */
     EXEC__MSG_KILL = 2,      /* job_id why */
-    EXEC__MSG_FENCE = 3,     /* seq ms (ms 0 = disarm) */
+    EXEC__MSG_FENCE = 3,     /* seq ms at (ms 0 = disarm) */
     EXEC__MSG_FENCE_NOW = 4, /* seq */
     EXEC__MSG_SHUTDOWN = 5,  /* (none) */
     /* helper -> agent */
@@ -59,6 +59,8 @@ struct exec__msg
     uint8_t why;         /* KILL: enum exec_end */
     uint64_t seq;        /* FENCE, FENCE_NOW, FENCED */
     uint64_t ms;         /* FENCE */
+    uint64_t at;         /* FENCE: sender's CLOCK_MONOTONIC ms when ms was
+                          * computed (the deadline is at + ms); 0 = now */
     uint64_t pid;        /* STARTED */
     uint8_t stream;      /* OUTPUT: 1 or 2 */
     const char *data;    /* OUTPUT; borrowed from the frame buffer */

@@ -143,9 +143,10 @@ static int encode_body(const struct exec__msg *m, msgpack_packer *pk)
             msgpack_pack_uint64(pk, m->why);
             return 0;
         case EXEC__MSG_FENCE:
-            msgpack_pack_array(pk, 2);
+            msgpack_pack_array(pk, 3);
             msgpack_pack_uint64(pk, m->seq);
             msgpack_pack_uint64(pk, m->ms);
+            msgpack_pack_uint64(pk, m->at);
             return 0;
         case EXEC__MSG_FENCE_NOW:
             msgpack_pack_array(pk, 1);
@@ -391,8 +392,9 @@ static int decode_fields(const msgpack_object *f,
             m->why = (uint8_t)v;
             return 0;
         case EXEC__MSG_FENCE:
-            if (n != 2 || !get_u64(&f[0], UINT64_MAX, &m->seq) ||
-                !get_u64(&f[1], UINT32_MAX, &m->ms)) {
+            if (n != 3 || !get_u64(&f[0], UINT64_MAX, &m->seq) ||
+                !get_u64(&f[1], UINT32_MAX, &m->ms) ||
+                !get_u64(&f[2], UINT64_MAX, &m->at)) {
                 return ERR_MALFORMED;
             }
             return 0;

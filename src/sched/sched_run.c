@@ -600,6 +600,7 @@ void sched__on_grant(struct sched *s,
     uint64_t epoch = res->value;
     struct sched_prop *p = map_get_u64(&s->claims, seq);
     const struct rsm_job *j;
+    const struct sched_run *r;
 
     if (p != NULL && strcmp(p->idem, cmd->idem_key) == 0) {
         map_del_u64(&s->claims, seq);
@@ -615,6 +616,15 @@ void sched__on_grant(struct sched *s,
         sched__propose_finish(s, seq, epoch, RSM_END_LOST, 0, 0, NULL, true);
         return;
     }
+    r = sched__run_get(s, seq);
+    if (r != NULL && r->epoch == epoch) {
+        /* The same grant reported again: a claim that applied twice under
+         * its idempotency key (a forward retried after a lost answer)
+         * yields the stored result once more. This attempt is ours and
+         * already running; ending it as lost would let a new attempt start
+         * while its process lives. */
+        return;
+    }
     j = rsm_fsm_job(sched__fsm(s), seq);
     if (j == NULL || j->epoch != epoch || j->node != s->cfg.node_id ||
         j->state != RSM_JOB_CLAIMED) {
@@ -625,7 +635,7 @@ void sched__on_grant(struct sched *s,
                               false);
         return;
     }
-    if (sched__run_get(s, seq) != NULL) {
+    if (r != NULL) {
         /* An older attempt's process is still here (being killed): never
          * two at once. */
         sched__propose_finish(s, seq, epoch, RSM_END_LOST, 0, 0, NULL, false);

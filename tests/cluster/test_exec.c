@@ -734,3 +734,58 @@ Test(exec, spawn_rate)
             (unsigned long long)t_helper, 1000.0 * 1000 / (t_helper + 1),
             (unsigned long long)t_bare, 1000.0 * 1000 / (t_bare + 1));
 }
+
+/* A FENCE extension that reaches the helper late (queued behind a big
+ * SPAWN in the agent's write queue, or written by an agent frozen right
+ * after computing it) must not extend the fence from its arrival: the
+ * helper counts from the agent's clock reading. Otherwise a SPAWN queued
+ * behind it starts after the deadline the agent pushed, when the cluster
+ * may already have handed the job to another node. The queue is built up
+ * here by stopping the helper. */
+Test(exec, late_fence_extension_does_not_restart_spawns)
+{
+    struct tctx c;
+    static char big[8][110 * 1024];
+    char *argv[10];
+    char path[600];
+    char script[700];
+    pid_t helper;
+    uint64_t until;
+
+    ctx_setup(&c, 300, 0);
+    exec_fence_extend(&c.x, 200);
+    cr_assert(!run_until(&c, closed_cond, NULL, 50)); /* deliver it */
+    helper = c.x.helper_pid;
+    cr_assert(helper > 0);
+    cr_assert_eq(kill(helper, SIGSTOP), 0);
+
+    /* ~880 KB of argv: more than the socket buffer, the rest queues. */
+    argv[0] = "/bin/true";
+    for (int i = 0; i < 8; i++) {
+        memset(big[i], 'x', sizeof big[i] - 1);
+        big[i][sizeof big[i] - 1] = '\0';
+        argv[1 + i] = big[i];
+    }
+    argv[9] = NULL;
+    cr_assert_eq(spawn(&c, "big", 0, argv), 0);
+    cr_assert(uv_stream_get_write_queue_size((uv_stream_t *)&c.x.pipe) > 0,
+              "the write queue did not build up");
+    exec_fence_extend(&c.x, 250);
+    snprintf(path, sizeof path, "%s/ran", c.dir);
+    snprintf(script, sizeof script, "touch '%s'", path);
+    cr_assert_eq(spawn_sh(&c, "late", 0, script), 0);
+
+    /* Well past both deadlines, then let the helper read everything. */
+    until = th_now_ms() + 700;
+    while (th_now_ms() < until) {
+        run_until(&c, closed_cond, NULL, 50);
+    }
+    cr_assert(exec_is_fenced(&c.x));
+    cr_assert_eq(kill(helper, SIGCONT), 0);
+    wait_job(&c, "late", 5000);
+    wait_job(&c, "big", 5000);
+    cr_assert_eq(tjob_find(&c, "late")->res.end, EXEC_FENCED, "end %s",
+                 exec_end_str(tjob_find(&c, "late")->res.end));
+    cr_assert(access(path, F_OK) != 0, "the late spawn ran");
+    ctx_teardown(&c);
+}

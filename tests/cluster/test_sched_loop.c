@@ -33,6 +33,11 @@ static uint16_t port;
 /* Knobs a test may change before start(). */
 static unsigned lease_ms = 3000;
 static unsigned margin_ms = 500;
+/* Report every grant to this node twice, as rsm does when a claim applies
+ * again under the same idempotency key (a forward retried after its answer
+ * was lost): the observer gets the stored result once more. */
+static bool dup_grants;
+static unsigned dup_seen;
 
 /* ---- plumbing ---- */
 
@@ -63,6 +68,14 @@ static void applied_cb(struct rsm *r,
     (void)ud;
     if (sched_ready) {
         sched_on_applied(&sched, cmd, res);
+        if (dup_grants && cmd->type == RSM_CMD_JOB_CLAIM && res->code == 0 &&
+            cmd->u.job_claim.node == SELF) {
+            /* A duplicate (same key, stored result) applied in a later
+             * entry, before the START: a duplicate changes nothing, so the
+             * FSM then looks exactly as it does now. */
+            dup_seen++;
+            sched_on_applied(&sched, cmd, res);
+        }
     }
 }
 
@@ -635,4 +648,31 @@ Test(sched_loop, foreign_grant_is_reported_lost_then_retried)
     cr_assert_str_eq(out, "ran attempt 2\n");
     free(out);
     stop();
+}
+
+/* A claim that applies twice under one idempotency key (a forward retried
+ * after its answer was lost) reports the stored grant to the observer
+ * again. The second report must not end the attempt that already runs:
+ * reporting it lost would hand the job to a new attempt while the first
+ * process still lives. */
+Test(sched_loop, duplicate_grant_does_not_end_the_running_attempt)
+{
+    const struct rsm_job *j;
+    uint64_t seq;
+    char *out;
+
+    dup_grants = true;
+    start();
+    seq = submit("sleep 0.5; echo \"done $KILN_ATTEMPT $KILN_EPOCH\"", NULL);
+    j = wait_finished(seq, 10000);
+    cr_assert_eq(dup_seen, 1, "duplicates reported: %u", dup_seen);
+    cr_assert_eq(j->state, RSM_JOB_SUCCEEDED, "state %s end %s",
+                 rsm_job_state_name(j->state), rsm_job_end_name(j->end));
+    cr_assert_eq(j->attempt, 1);
+    cr_assert_eq(j->epoch, 1);
+    out = output(seq, RSM_STREAM_STDOUT, NULL);
+    cr_assert_str_eq(out, "done 1 1\n");
+    free(out);
+    stop();
+    dup_grants = false;
 }

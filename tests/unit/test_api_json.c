@@ -5,7 +5,9 @@
 #include "api/api_int.h"
 #include "err.h"
 
-static int parse(const char *text, const char *path, char *errmsg,
+static int parse(const char *text,
+                 const char *path,
+                 char *errmsg,
                  struct rsm_pipeline_spec *s)
 {
     json_error_t je;
@@ -51,9 +53,9 @@ Test(api_json, full_pipeline_round_trip)
     cr_assert(strstr(text, "\"overlap\":\"forbid\"") != NULL, "%s", text);
     cr_assert(strstr(text, "\"retries\":{\"backoff_s\":5,\"max\":3}") != NULL,
               "%s", text);
-    cr_assert(strstr(text, "\"created_at\":\"2026-11-23T19:50:33.123Z\"") !=
-                  NULL,
-              "%s", text);
+    cr_assert(
+        strstr(text, "\"created_at\":\"2026-11-23T19:50:33.123Z\"") != NULL,
+        "%s", text);
     cr_assert(strstr(text, "\"version\":2") != NULL, "%s", text);
     free(text);
     json_decref(out);
@@ -62,7 +64,8 @@ Test(api_json, full_pipeline_round_trip)
 
 Test(api_json, errors_name_the_field)
 {
-    struct {
+    struct
+    {
         const char *body;
         const char *want;
     } cases[] = {
@@ -94,11 +97,9 @@ Test(api_json, errors_name_the_field)
         {"{\"name\":\"a\",\"command\":[\"x\"],\"paused\":\"yes\"}", "paused:"},
         {"{\"name\":\"a\",\"command\":[\"x\"],\"env\":{\"KILN_X\":\"1\"}}",
          "reserved"},
-        {"{\"name\":\"a\",\"command\":[\"x\"],\"env\":{\"1X\":\"1\"}}",
-         "env:"},
+        {"{\"name\":\"a\",\"command\":[\"x\"],\"env\":{\"1X\":\"1\"}}", "env:"},
         {"{\"name\":\"a\",\"command\":[\"x\"],\"tags\":{\"k\":1}}", "tags.k"},
-        {"{\"name\":\"a\",\"command\":[\"x\"],\"schedule\":\"\"}",
-         "schedule:"},
+        {"{\"name\":\"a\",\"command\":[\"x\"],\"schedule\":\"\"}", "schedule:"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct rsm_pipeline_spec s;
@@ -118,8 +119,8 @@ Test(api_json, put_name_must_match_path)
     cr_assert_eq(parse("{\"command\":[\"x\"]}", "p1", errmsg, &s), 0);
     cr_assert_str_eq(s.name, "p1");
     rsm_spec_clear(&s);
-    cr_assert_eq(parse("{\"name\":\"p2\",\"command\":[\"x\"]}", "p1", errmsg,
-                       &s),
-                 ERR_INVALID);
+    cr_assert_eq(
+        parse("{\"name\":\"p2\",\"command\":[\"x\"]}", "p1", errmsg, &s),
+        ERR_INVALID);
     cr_assert(strstr(errmsg, "does not match") != NULL);
 }

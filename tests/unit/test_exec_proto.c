@@ -116,10 +116,12 @@ Test(exec_proto, small_messages_round_trip)
     m.type = EXEC__MSG_FENCE;
     m.seq = 77;
     m.ms = 3000;
+    m.at = 123456789012ull;
     b = enc(&m);
     dec_ok(&b, &d);
     cr_assert_eq(d.seq, 77);
     cr_assert_eq(d.ms, 3000);
+    cr_assert_eq(d.at, 123456789012ull);
     exec__buf_free(&b);
 
     memset(&m, 0, sizeof m);
