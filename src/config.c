@@ -19,8 +19,8 @@ void config_defaults(struct config *c)
     c->slots = ncpu > 0 ? (unsigned)ncpu : 1;
     c->log_level = LOG_INFO;
     c->lease_ms = 3000;
-    c->election_ms = 1000;
-    c->heartbeat_ms = 100;
+    c->election_ms = 500;
+    c->heartbeat_ms = 50;
     c->gossip_interval_ms = 500;
     c->segment_kib = 8192;
 }

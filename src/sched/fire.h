@@ -30,6 +30,7 @@
 /* Wait after a failed or rejected FIRE before planning that pipeline
  * again. */
 #define FIRE_RETRY_MS 250
+#define FIRE_COALESCE_MS 20 /* min gap of passes caused by applies */
 
 /* One FIRE to propose: the tick and whether it only advances the cursor. */
 struct fire_action
@@ -79,6 +80,7 @@ struct fire
     struct fire_req *reqs; /* proposals in flight (owned, detached on
                               close) */
     uint64_t gen;          /* sweep generation of pipes */
+    uint64_t last_pass_ms; /* uv_now of the last pass */
     bool leader;           /* rsm_is_leader at the last pass */
     bool closing;
     void (*close_cb)(struct fire *f);

@@ -421,6 +421,7 @@ static void fire_pass(struct fire *f)
         uv_timer_stop(&f->timer);
         return;
     }
+    f->last_pass_ms = uv_now(f->loop);
     all = calloc(count + 1, sizeof *all);
     if (all == NULL) {
         LOGW(MOD, "pass: out of memory; retrying");
@@ -545,8 +546,22 @@ void fire_on_applied(struct fire *f,
     if (pp != NULL) {
         pp->dirty = true;
     }
-    /* A new pipeline is picked up by the pass itself (version differs). */
-    kick(f, 0);
+    /* A new pipeline is picked up by the pass itself (version differs).
+     * A pass walks every pipeline, so passes caused by applies are spaced
+     * FIRE_COALESCE_MS apart (a burst of pipeline writes would otherwise
+     * cost O(pipelines) per loop iteration); the timer of a due tick is
+     * never pushed back. */
+    {
+        uint64_t now = uv_now(f->loop);
+        uint64_t delay = f->last_pass_ms + FIRE_COALESCE_MS > now
+                             ? f->last_pass_ms + FIRE_COALESCE_MS - now
+                             : 0;
+        if (uv_is_active((uv_handle_t *)&f->timer) &&
+            uv_timer_get_due_in(&f->timer) <= delay) {
+            return;
+        }
+        kick(f, delay);
+    }
 }
 
 void fire_on_role(struct fire *f)

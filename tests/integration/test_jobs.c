@@ -398,3 +398,73 @@ Test(jobs, fifty_mib_of_output_keeps_head_and_tail_within_the_cap)
     }
     cl_stop(&c, true);
 }
+
+/* kill -9 of the holder and an immediate restart on the same data dir: the
+ * old attempt's processes die with the old agent (its executor helper sees
+ * the pipe close), the restarted node reports the attempt lost, and the job
+ * completes without two attempts overlapping. */
+Test(jobs, holder_restarted_on_its_data_dir_without_overlap)
+{
+    struct cl c;
+    char id[24], body[512], ledger[400];
+    struct claimed_arg ca;
+    struct job_arg done = {&c, NULL, "succeeded"};
+    int holder, epochs = 0, lines = 0;
+
+    start3(&c, "restart");
+    snprintf(ledger, sizeof ledger, "%s/ledger", c.root);
+    ledger_job(body, sizeof body, ledger);
+    cr_assert_eq(submit(&c.a[0], body, id), 201);
+    ca.c = &c;
+    ca.id = id;
+    cr_assert(th_wait(job_has_node, &ca, 20000), "job never ran");
+    holder = agent_named(&c, ca.node);
+    usleep(300 * 1000);
+    th_agent_kill(&c.a[holder]);
+    cl_start_one_with(&c, holder, c.a[(holder + 1) % 3].gossip_addr, 3,
+                      job_flags);
+    done.id = id;
+    cr_assert(th_wait(job_in_state, &done, 60000), "job never completed");
+    cr_assert_eq(ledger_check(ledger, &epochs, &lines), 0,
+                 "two attempts overlapped (see %s)", ledger);
+    cr_assert_geq(epochs, 2, "the job did not run again");
+    cl_stop(&c, true);
+}
+
+/* SIGSTOP/SIGCONT of whoever holds the job, three times in a row, each
+ * pause longer than the lease: every pause fences the holder, the job
+ * moves, and the ledger never shows two attempts at once. */
+Test(jobs, repeated_pauses_longer_than_the_lease_never_overlap)
+{
+    struct cl c;
+    char id[24], body[512], ledger[400];
+    struct job_arg done = {&c, NULL, "succeeded"};
+    int epochs = 0, lines = 0;
+
+    start3(&c, "pauses");
+    snprintf(ledger, sizeof ledger, "%s/ledger", c.root);
+    snprintf(body, sizeof body,
+             "{\"command\":[\"sh\",\"-c\",\"for i in $(seq 1 60); do echo "
+             "$KILN_EPOCH $i >> %s; sleep 0.1; done\"],\"retries\":10}",
+             ledger);
+    cr_assert_eq(submit(&c.a[0], body, id), 201);
+    for (int round = 0; round < 3; round++) {
+        struct claimed_arg ca = {&c, id, ""};
+        int holder;
+        if (!th_wait(job_has_node, &ca, 30000)) {
+            break; /* finished already */
+        }
+        holder = agent_named(&c, ca.node);
+        usleep(200 * 1000);
+        kill(c.a[holder].pid, SIGSTOP);
+        usleep(3500 * 1000); /* lease 1.5 s + grace 1 s, and some */
+        kill(c.a[holder].pid, SIGCONT);
+    }
+    done.id = id;
+    cr_assert(th_wait(job_in_state, &done, 90000), "job never completed");
+    cr_assert_eq(ledger_check(ledger, &epochs, &lines), 0,
+                 "two attempts overlapped (see %s)", ledger);
+    cr_log_info("pauses: %d epochs, %d lines", epochs, lines);
+    cr_assert_geq(epochs, 2);
+    cl_stop(&c, true);
+}
