@@ -170,7 +170,88 @@ static int queue_append(struct sched_run *r,
     return 0;
 }
 
-/* Queue the "bytes dropped" marker once there is room again. */
+/* Make room for `need` more queued bytes by dropping the OLDEST queued
+ * output (never the chunk whose proposal is in flight), so that what
+ * survives a burst is the job's first output (already committed) and its
+ * most recent output: the same head-and-tail rule as the stored cap. A
+ * marker stands where bytes were dropped. Returns false if no room can be
+ * made (a single chunk larger than the bound). */
+static bool make_room(struct sched_run *r, size_t need)
+{
+    /* The head stays if its proposal is in flight or was ever sent: its
+     * outcome may be applied already, under its sequence number. */
+    struct sched_chunk *keep =
+        r->q_head != NULL && (r->out_inflight || r->q_head->idem[0] != '\0')
+            ? r->q_head
+            : NULL;
+    struct sched_chunk *first = keep != NULL ? keep->next : r->q_head;
+    struct sched_chunk *marker = NULL;
+    uint64_t dropped = 0;
+    char msg[96];
+    int n;
+
+    if (r->q_bytes + need <= SCHED_OUTPUT_QUEUE_MAX) {
+        return true;
+    }
+    /* An earlier marker right at the drop point absorbs the new count. */
+    if (first != NULL && first->stream == RSM_STREAM_KILN) {
+        marker = first;
+        first = first->next;
+    }
+    while (first != NULL &&
+           r->q_bytes + need + sizeof msg > SCHED_OUTPUT_QUEUE_MAX) {
+        struct sched_chunk *c = first;
+        first = c->next;
+        r->q_bytes -= c->len;
+        dropped += c->len;
+        free(c->data);
+        free(c);
+    }
+    if (marker != NULL) {
+        unsigned long long before = 0;
+        sscanf(marker->data, "[kiln: %llu", &before);
+        dropped += before;
+        r->q_bytes -= marker->len;
+        free(marker->data);
+        free(marker);
+    }
+    /* Relink: keep -> [new marker] -> first ... tail */
+    if (keep != NULL) {
+        keep->next = first;
+    } else {
+        r->q_head = first;
+    }
+    if (first == NULL) {
+        r->q_tail = keep;
+    }
+    if (dropped > 0) {
+        struct sched_chunk *m = calloc(1, sizeof *m);
+        n = snprintf(msg, sizeof msg,
+                     "[kiln: %llu bytes dropped: output too fast]\n",
+                     (unsigned long long)dropped);
+        if (m != NULL && (m->data = malloc((size_t)n)) != NULL) {
+            memcpy(m->data, msg, (size_t)n);
+            m->len = (size_t)n;
+            m->stream = RSM_STREAM_KILN;
+            m->next = first;
+            if (keep != NULL) {
+                keep->next = m;
+            } else {
+                r->q_head = m;
+            }
+            if (first == NULL) {
+                r->q_tail = m;
+            }
+            r->q_bytes += m->len;
+        } else {
+            free(m);
+            r->dropped += dropped; /* reported by flush_dropped later */
+        }
+    }
+    return r->q_bytes + need <= SCHED_OUTPUT_QUEUE_MAX;
+}
+
+/* Queue the marker of bytes dropped without a queue (out of memory). */
 static void flush_dropped(struct sched_run *r)
 {
     char msg[96];
@@ -186,7 +267,8 @@ static void flush_dropped(struct sched_run *r)
     }
 }
 
-/* Queue output; beyond the per-job bound it is dropped and counted. */
+/* Queue output; beyond the per-job bound the oldest queued output gives
+ * way (make_room). */
 static void enqueue_output(struct sched_run *r,
                            uint8_t stream,
                            const char *data,
@@ -195,8 +277,7 @@ static void enqueue_output(struct sched_run *r,
     while (len > 0) {
         size_t n = len > SCHED_OUTPUT_CHUNK ? SCHED_OUTPUT_CHUNK : len;
         flush_dropped(r);
-        if (r->dropped > 0 || r->q_bytes + n > SCHED_OUTPUT_QUEUE_MAX ||
-            queue_append(r, stream, data, n) != 0) {
+        if (!make_room(r, n) || queue_append(r, stream, data, n) != 0) {
             r->dropped += n;
         }
         data += n;
