@@ -483,6 +483,10 @@ static void maybe_register(struct node *n)
     }
 }
 
+/* Publish this node's load in gossip. Values are quantised (load average
+ * to 0.1, free memory to 64 MiB) so that the noise of a busy machine does
+ * not turn into a broadcast every tick: gossip disseminates a load record
+ * only when it changes (docs/gossip.md). */
 static void update_load(struct node *n)
 {
     struct gossip_load load;
@@ -495,11 +499,11 @@ static void update_load(struct node *n)
         load.running = sched_running(&n->sched);
     }
     if (getloadavg(avg, 1) == 1 && avg[0] >= 0) {
-        load.load1_milli = (uint32_t)(avg[0] * 1000.0);
+        load.load1_milli = (uint32_t)(avg[0] * 10.0 + 0.5) * 100u;
     }
     if (sysinfo(&si) == 0) {
-        load.mem_free_kib =
-            (uint64_t)si.freeram * (uint64_t)si.mem_unit / 1024u;
+        uint64_t kib = (uint64_t)si.freeram * (uint64_t)si.mem_unit / 1024u;
+        load.mem_free_kib = kib / (64u * 1024u) * (64u * 1024u);
     }
     gossip_set_load(&n->gossip, &load);
 }
