@@ -2,15 +2,18 @@
  * modules; close order is the reverse (docs/architecture.md). */
 #include "node.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
@@ -349,13 +352,15 @@ static void member_changed_cb(struct gossip *g,
     rsm_member_seen(n->rsm, m->id, m->raft, m->state == GOSSIP_ALIVE);
 }
 
+static void fatal_raft(struct node *n, const char *what, int rv);
+
 /* Start raft without a configuration: the leader adds this node (as a
  * spare, then standby or voter) once gossip shows it alive. */
 static void join_existing(struct node *n)
 {
     int rv = rsm_join(n->rsm);
     if (rv != 0) {
-        LOGE("node", "raft join failed: %s", err_str(rv));
+        fatal_raft(n, "raft join", rv);
         return;
     }
     n->raft_running = 1;
@@ -431,7 +436,7 @@ static void maybe_bootstrap(struct node *n)
     }
     rv = rsm_bootstrap(n->rsm, servers, count);
     if (rv != 0) {
-        LOGE("node", "bootstrap failed: %s", err_str(rv));
+        fatal_raft(n, "raft bootstrap", rv);
         return;
     }
     n->raft_running = 1;
@@ -544,6 +549,43 @@ static void signal_cb(uv_signal_t *h, int signum)
     node_close(n, n->close_cb);
 }
 
+/* libraft binds the Raft address only when raft starts, which for a new
+ * node waits for bootstrap or join: check it up front so that a port in use
+ * is a start-up error with one line, like the API and gossip ports. */
+static int probe_tcp_port(const struct addr *a, char *errmsg)
+{
+    struct sockaddr_in sa;
+    int one = 1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rv = 0;
+    char buf[ADDR_STRLEN];
+    if (fd < 0) {
+        return 0; /* let raft report it */
+    }
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(a->port);
+    inet_pton(AF_INET, a->host, &sa.sin_addr);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        addr_format(a, buf);
+        errmsg_printf(errmsg, "raft: bind %s: %s", buf, uv_strerror(-errno));
+        rv = errno == EADDRINUSE ? ERR_INUSE : ERR_IO;
+    }
+    close(fd);
+    return rv;
+}
+
+/* Raft could not start (bootstrap or join): nothing works without it, so
+ * stop with a reason instead of retrying forever. */
+static void fatal_raft(struct node *n, const char *what, int rv)
+{
+    LOGE("node", "%s failed: %s; stopping", what, err_str(rv));
+    fprintf(stderr, "kiln agent: %s failed: %s\n", what, err_str(rv));
+    n->exit_status = 1;
+    node_close(n, n->close_cb);
+}
+
 int node_start(struct node *n)
 {
     struct rsm_config rc;
@@ -562,6 +604,10 @@ int node_start(struct node *n)
     uv_signal_start(&n->sigterm, signal_cb, SIGTERM);
 
     /* 1. the replicated core */
+    rv = probe_tcp_port(&n->cfg.raft, n->errmsg);
+    if (rv != 0) {
+        return rv;
+    }
     rsm_config_defaults(&rc);
     rc.id = n->id;
     str_copy(rc.name, sizeof rc.name, n->name);

@@ -78,3 +78,79 @@ Test(agent, unusable_data_dir_exits_nonzero)
     cr_assert_neq(st, 0);
     cr_assert(strstr(err, "data dir") != NULL, "stderr: %s", err);
 }
+
+Test(agent, port_in_use_exits_nonzero_with_one_line)
+{
+    char root[256];
+    char err[2048];
+    struct th_agent a, b;
+    char api[32];
+    th_tmpdir(root, sizeof root, "portuse");
+    th_agent_prepare(&a, root, "n1");
+    th_agent_prepare(&b, root, "n2");
+    th_agent_start(&a, NULL);
+    cr_assert(th_wait(lock_written, &a, 10000), "first agent never locked");
+    {
+        /* poll until the first agent serves, so its API port is bound */
+        char url[64];
+        uint64_t deadline = th_now_ms() + 10000;
+        snprintf(url, sizeof url, "http://%s/v1/health", a.api_addr);
+        while (th_http("GET", url, NULL, NULL, NULL) != 200 &&
+               th_now_ms() < deadline) {
+            usleep(20 * 1000);
+        }
+    }
+    snprintf(api, sizeof api, "127.0.0.1:%u", a.api);
+    {
+        char raft[32], gossip[32];
+        snprintf(raft, sizeof raft, "127.0.0.1:%u", b.raft);
+        snprintf(gossip, sizeof gossip, "127.0.0.1:%u", b.gossip);
+        const char *argv[] = {"agent", "--data-dir", b.dir, "--api",
+                              api,     "--raft",     raft,  "--gossip",
+                              gossip,  NULL};
+        int st = th_run_kiln(argv, NULL, 0, err, sizeof err, 10000);
+        cr_assert_neq(st, 0, "second agent started on a used port");
+        cr_assert(strstr(err, "address already in use") != NULL, "stderr: %s",
+                  err);
+        cr_assert(strstr(err, api) != NULL, "stderr does not name %s: %s", api,
+                  err);
+    }
+    cr_assert_eq(th_agent_stop(&a, 10000), 0);
+    th_rmrf(root);
+}
+
+Test(agent, raft_port_in_use_exits_nonzero)
+{
+    char root[256];
+    char err[4096];
+    struct th_agent a, b;
+    char raft[32], api[32], gossip[32];
+    th_tmpdir(root, sizeof root, "raftuse");
+    th_agent_prepare(&a, root, "n1");
+    th_agent_prepare(&b, root, "n2");
+    th_agent_start(&a, NULL);
+    cr_assert(th_wait(lock_written, &a, 10000), "first agent never locked");
+    {
+        char url[64];
+        uint64_t deadline = th_now_ms() + 10000;
+        snprintf(url, sizeof url, "http://%s/v1/health", a.api_addr);
+        while (th_http("GET", url, NULL, NULL, NULL) != 200 &&
+               th_now_ms() < deadline) {
+            usleep(20 * 1000);
+        }
+    }
+    snprintf(raft, sizeof raft, "127.0.0.1:%u", a.raft);
+    snprintf(api, sizeof api, "127.0.0.1:%u", b.api);
+    snprintf(gossip, sizeof gossip, "127.0.0.1:%u", b.gossip);
+    {
+        const char *argv[] = {"agent", "--data-dir", b.dir, "--api",
+                              api,     "--raft",     raft,  "--gossip",
+                              gossip,  NULL};
+        int st = th_run_kiln(argv, NULL, 0, err, sizeof err, 10000);
+        cr_assert_neq(st, 0, "second agent started on a used raft port");
+        cr_assert(strstr(err, "address already in use") != NULL, "stderr: %s",
+                  err);
+    }
+    cr_assert_eq(th_agent_stop(&a, 10000), 0);
+    th_rmrf(root);
+}
