@@ -222,12 +222,8 @@ static void barrier_done_cb(void *data, int rv)
     } else if (rv != 0) {
         api__reply_err(p->req, rv,
                        "consistent read failed: no leader reachable");
-    } else if (p->op == OP_READ_PIPELINES) {
-        reply_pipelines(p->req, p->api);
-    } else if (p->op == OP_READ_PIPELINE) {
-        reply_pipeline(p->req, p->api, p->name, 200);
     } else {
-        api__jobs_read(p->api, p->req, p->op, p->name);
+        p->reader(p->api, p->req, p->op, p->name);
     }
     api__pending_free(p);
 }
@@ -236,7 +232,8 @@ static void barrier_done_cb(void *data, int rv)
 bool api__maybe_consistent(struct api *a,
                            struct http_req *req,
                            int op,
-                           const char *name)
+                           const char *name,
+                           api_read_fn reader)
 {
     const char *c = http_req_query(req, "consistent");
     struct pending *p;
@@ -249,6 +246,7 @@ bool api__maybe_consistent(struct api *a,
         http_reply_error(req, 500, "internal", "out of memory");
         return true;
     }
+    p->reader = reader;
     rv = rsm_barrier(a->deps.rsm, barrier_done_cb, p);
     if (rv != 0) {
         api__pending_free(p);
@@ -257,10 +255,23 @@ bool api__maybe_consistent(struct api *a,
     return true;
 }
 
+static void pipelines_read(struct api *a,
+                           struct http_req *req,
+                           int op,
+                           const char *name)
+{
+    if (op == OP_READ_PIPELINES) {
+        reply_pipelines(req, a);
+    } else {
+        reply_pipeline(req, a, name, 200);
+    }
+}
+
 static void pipelines_list_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
-    if (api__maybe_consistent(a, req, OP_READ_PIPELINES, NULL)) {
+    if (api__maybe_consistent(a, req, OP_READ_PIPELINES, NULL,
+                              pipelines_read)) {
         return;
     }
     reply_pipelines(req, a);
@@ -270,7 +281,7 @@ static void pipeline_get_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
     const char *name = http_req_param(req, "name");
-    if (api__maybe_consistent(a, req, OP_READ_PIPELINE, name)) {
+    if (api__maybe_consistent(a, req, OP_READ_PIPELINE, name, pipelines_read)) {
         return;
     }
     reply_pipeline(req, a, name, 200);

@@ -47,8 +47,15 @@ enum api_op {
 
 /* A request parked on a proposal or a barrier. req becomes NULL if the
  * server closed meanwhile (then nobody replies). */
+/* Renders a read once a consistent-read barrier is done. */
+typedef void (*api_read_fn)(struct api *a,
+                            struct http_req *req,
+                            int op,
+                            const char *name);
+
 struct pending
 {
+    api_read_fn reader; /* consistent reads: renders the answer */
     struct api *api;
     struct http_req *req;
     int op;                      /* enum api_op */
@@ -68,12 +75,14 @@ void api__propose(struct api *a,
                   struct rsm_cmd *cmd,
                   int op,
                   const char *name);
-/* ?consistent=true: park behind a barrier, then api__jobs_read (jobs) or
- * the pipeline readers. Returns false if the query is absent. */
+/* ?consistent=true: park behind a barrier through the leader, then call
+ * reader to render the answer. Returns false if the query is absent (the
+ * caller answers from the local replica). */
 bool api__maybe_consistent(struct api *a,
                            struct http_req *req,
                            int op,
-                           const char *name);
+                           const char *name,
+                           api_read_fn reader);
 int api__idem_from_header(struct http_req *req, struct rsm_cmd *cmd);
 void api__reply_err(struct http_req *req, int err, const char *msg);
 

@@ -403,7 +403,7 @@ static void jobs_submit_cb(struct http_req *req, void *data)
 static void jobs_list_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
-    if (api__maybe_consistent(a, req, OP_READ_JOBS, NULL)) {
+    if (api__maybe_consistent(a, req, OP_READ_JOBS, NULL, api__jobs_read)) {
         return;
     }
     reply_jobs(a, req);
@@ -416,7 +416,7 @@ static void job_get_cb(struct http_req *req, void *data)
     uint64_t seq;
     const char *id = http_req_param(req, "id");
     if (rsm_job_id_parse(id, &seq) == 0 &&
-        api__maybe_consistent(a, req, OP_READ_JOB, id)) {
+        api__maybe_consistent(a, req, OP_READ_JOB, id, api__jobs_read)) {
         return;
     }
     if (!job_from_path(a, req, &j, &seq)) {

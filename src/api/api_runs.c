@@ -165,49 +165,20 @@ static void runs_propose(struct api *a,
     }
 }
 
-static void runs_barrier_cb(void *data, int rv)
+/* Renders a consistent read after its barrier (api__maybe_consistent). */
+static void runs_read(struct api *a,
+                      struct http_req *req,
+                      int op,
+                      const char *id)
 {
-    struct pending *p = data;
     uint64_t seq;
-    if (p->req == NULL) {
-        /* server closed meanwhile */
-    } else if (rv != 0) {
-        api__reply_err(p->req, rv,
-                       "consistent read failed: no leader reachable");
-    } else if (p->op == RUNS_OP_READ_LIST) {
-        reply_runs(p->api, p->req);
-    } else if (rsm_run_id_parse(p->name, &seq) == 0) {
-        reply_run(p->api, p->req, seq, 200);
+    if (op == RUNS_OP_READ_LIST) {
+        reply_runs(a, req);
+    } else if (rsm_run_id_parse(id, &seq) == 0) {
+        reply_run(a, req, seq, 200);
     } else {
-        http_reply_error(p->req, 404, "not_found", "run not found");
+        http_reply_error(req, 404, "not_found", "run not found");
     }
-    api__pending_free(p);
-}
-
-/* ?consistent=true: answer after a barrier through the leader. Returns
- * false when the query is absent (answer from the local replica). */
-static bool runs_consistent(struct api *a,
-                            struct http_req *req,
-                            int op,
-                            const char *id)
-{
-    const char *c = http_req_query(req, "consistent");
-    struct pending *p;
-    int rv;
-    if (c == NULL || (strcmp(c, "true") != 0 && strcmp(c, "1") != 0)) {
-        return false;
-    }
-    p = api__pending_new(a, req, op, id);
-    if (p == NULL) {
-        http_reply_error(req, 500, "internal", "out of memory");
-        return true;
-    }
-    rv = rsm_barrier(a->deps.rsm, runs_barrier_cb, p);
-    if (rv != 0) {
-        api__pending_free(p);
-        api__reply_err(req, rv, err_str(rv));
-    }
-    return true;
 }
 
 /* --- routes ---------------------------------------------------------- */
@@ -237,7 +208,7 @@ static void pipeline_run_cb(struct http_req *req, void *data)
 static void runs_list_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
-    if (runs_consistent(a, req, RUNS_OP_READ_LIST, NULL)) {
+    if (api__maybe_consistent(a, req, RUNS_OP_READ_LIST, NULL, runs_read)) {
         return;
     }
     reply_runs(a, req);
@@ -253,7 +224,7 @@ static void run_get_cb(struct http_req *req, void *data)
                          "run '%.40s' not found (ids look like r42)", id);
         return;
     }
-    if (runs_consistent(a, req, RUNS_OP_READ_ONE, id)) {
+    if (api__maybe_consistent(a, req, RUNS_OP_READ_ONE, id, runs_read)) {
         return;
     }
     reply_run(a, req, seq, 200);
