@@ -169,7 +169,7 @@ int node_init(struct node *n, uv_loop_t *loop, const struct config *cfg)
     return 0;
 }
 
-/* ---- module wiring (appended to node.c) ---- */
+/* ---- module wiring ---- */
 
 #define NODE_M_RSM 1u
 #define NODE_M_HTTPC 2u
@@ -179,7 +179,7 @@ int node_init(struct node *n, uv_loop_t *loop, const struct config *cfg)
 #define NODE_M_SCHED 32u
 #define NODE_M_FIRE 64u
 
-#define META_IN_CLUSTER 1u
+#define META_IN_CLUSTER GOSSIP_META_IN_CLUSTER
 #define TICK_MS 200
 
 /* --- forwarding proposals to the leader over HTTP ----------------------- */
@@ -533,7 +533,7 @@ static void tick_cb(uv_timer_t *t)
     }
 }
 
-/* ---- start and close (replaces the skeleton versions) ---- */
+/* ---- start and close ---- */
 
 static int check_schedule(const char *schedule, const char *tz, char *errmsg)
 {
