@@ -815,7 +815,10 @@ void sched_test_hold_renewals(struct sched *s, bool hold)
 
 unsigned sched_running(const struct sched *s)
 {
-    return s->n_runs + s->claims_inflight;
+    /* Attempts whose process still runs (or is about to), plus claims on
+     * their way: exited attempts waiting for their FINISH commit do not
+     * hold a slot. */
+    return s->n_runs - s->n_exited + s->claims_inflight;
 }
 
 bool sched_is_fenced(const struct sched *s)

@@ -106,8 +106,9 @@ struct sched
     uint64_t last_recovery;  /* mono ms of the last recovery pass */
 
     /* Local attempts, keyed by job seq. */
-    struct map runs; /* u64 job seq -> struct sched_run */
-    unsigned n_runs; /* == map_count(&runs) */
+    struct map runs;   /* u64 job seq -> struct sched_run */
+    unsigned n_runs;   /* == map_count(&runs) */
+    unsigned n_exited; /* of which the process has exited */
     unsigned claims_inflight;
     struct map claims;     /* u64 job seq -> struct sched_prop (claim) */
     struct map first_seen; /* u64 job seq -> struct sched_seen */

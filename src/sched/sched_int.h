@@ -106,6 +106,7 @@ int sched__propose(struct sched *s,
 struct sched_run *sched__run_get(const struct sched *s, uint64_t job);
 
 /* Remove and free a run (its queue too). */
+void sched__run_exited(struct sched *s, struct sched_run *r);
 void sched__run_free(struct sched *s, struct sched_run *r);
 
 /* Compare every local attempt with the FSM: kill stale ones (and never

@@ -38,11 +38,28 @@ static void run_drop_queue(struct sched_run *r)
     r->dropped = 0;
 }
 
+/* The attempt's process is gone: its slot is free for the next claim even
+ * though its output and FINISH may still be on their way through Raft (a
+ * slot is capacity for processes, and waiting for the commit would idle
+ * it for several round trips per job). */
+void sched__run_exited(struct sched *s, struct sched_run *r)
+{
+    if (!r->exited) {
+        r->exited = true;
+        if (map_get_u64(&s->runs, r->job) == r) {
+            s->n_exited++;
+        }
+    }
+}
+
 void sched__run_free(struct sched *s, struct sched_run *r)
 {
     if (map_get_u64(&s->runs, r->job) == r) {
         map_del_u64(&s->runs, r->job);
         s->n_runs--;
+        if (r->exited) {
+            s->n_exited--;
+        }
     }
     run_drop_queue(r);
     free(r);
@@ -658,7 +675,7 @@ static void start_run(struct sched *s, const struct rsm_job *j, uint64_t epoch)
     }
     if (rv != 0) {
         LOGW(MOD, "%s epoch %" PRIu64 ": %s", r->job_id, epoch, reason);
-        r->exited = true;
+        sched__run_exited(s, r);
         r->end = rv == ERR_BUSY ? RSM_END_FENCED : RSM_END_SPAWN_FAILED;
         r->exit_code = 127;
         r->signal = 0;
@@ -797,7 +814,7 @@ void sched__exec_exit_cb(struct exec *x,
     if (r == NULL) {
         return;
     }
-    r->exited = true;
+    sched__run_exited(s, r);
     r->end = end_of(res->end);
     r->exit_code = res->exit_code;
     r->signal = res->signal < 0 || res->signal > 255 ? 0 : res->signal;
