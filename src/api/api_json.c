@@ -292,6 +292,32 @@ err:
     return ERR_INVALID;
 }
 
+/* body must be an object whose keys are all in known[0..n). */
+static int check_object(json_t *body,
+                        const char *const *known,
+                        size_t n,
+                        char *errmsg)
+{
+    const char *key;
+    json_t *v;
+    if (!json_is_object(body)) {
+        errmsg_printf(errmsg, "body: must be a JSON object");
+        return ERR_INVALID;
+    }
+    json_object_foreach(body, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < n; i++) {
+            ok = ok || strcmp(key, known[i]) == 0;
+        }
+        if (!ok) {
+            errmsg_printf(errmsg, "%.64s: unknown field", key);
+            return ERR_INVALID;
+        }
+    }
+    return 0;
+}
+
 static const char *const overlap_names[] = {"allow", "forbid", "replace"};
 static const char *const catchup_names[] = {"none", "latest", "all"};
 static const char *const kind_names[] = {"batch", "service"};
@@ -307,25 +333,12 @@ int api__pipeline_from_json(json_t *body,
         "retries",    "timeout_s", "overlap",  "catchup",  "targets",
         "paused",     "kind",      "tags",     "env",      "version",
         "created_at", "updated_at"};
-    const char *key;
     json_t *v;
     int rv = ERR_INVALID;
 
     memset(out, 0, sizeof *out);
-    if (!json_is_object(body)) {
-        errmsg_printf(errmsg, "body: must be a JSON object");
+    if (check_object(body, known, ARRAY_SIZE(known), errmsg) != 0) {
         return ERR_INVALID;
-    }
-    json_object_foreach(body, key, v)
-    {
-        bool ok = false;
-        for (size_t i = 0; i < ARRAY_SIZE(known); i++) {
-            ok = ok || strcmp(key, known[i]) == 0;
-        }
-        if (!ok) {
-            errmsg_printf(errmsg, "%.64s: unknown field", key);
-            return ERR_INVALID;
-        }
     }
 
     v = json_object_get(body, "name");
@@ -578,25 +591,12 @@ int api__job_spec_from_json(json_t *body,
 {
     static const char *const known[] = {
         "command", "retries", "timeout_s", "tags", "env", "kind", "backoff_s"};
-    const char *key;
     json_t *v;
     int rv = ERR_INVALID;
 
     memset(out, 0, sizeof *out);
-    if (!json_is_object(body)) {
-        errmsg_printf(errmsg, "body: must be a JSON object");
+    if (check_object(body, known, ARRAY_SIZE(known), errmsg) != 0) {
         return ERR_INVALID;
-    }
-    json_object_foreach(body, key, v)
-    {
-        bool ok = false;
-        for (size_t i = 0; i < ARRAY_SIZE(known); i++) {
-            ok = ok || strcmp(key, known[i]) == 0;
-        }
-        if (!ok) {
-            errmsg_printf(errmsg, "%.64s: unknown field", key);
-            return ERR_INVALID;
-        }
     }
     v = json_object_get(body, "command");
     if (v == NULL) {

@@ -772,3 +772,29 @@ void rsm__reject(struct rsm_result *r, int code, const char *fmt, ...)
     vsnprintf(r->message, sizeof r->message, fmt, ap);
     va_end(ap);
 }
+
+/* Room for `extra` more pointers in v (doubling); ERR_NOMEM. */
+int rsm__vec_reserve(struct rsm__vec *v, unsigned extra)
+{
+    unsigned cap = v->cap == 0 ? 16 : v->cap;
+    void **nv;
+    if (v->n + extra < v->n) {
+        return ERR_NOMEM;
+    }
+    while (cap < v->n + extra) {
+        if (cap * 2 < cap) {
+            return ERR_NOMEM;
+        }
+        cap *= 2;
+    }
+    if (cap == v->cap) {
+        return 0;
+    }
+    nv = realloc(v->v, (size_t)cap * sizeof *nv);
+    if (nv == NULL) {
+        return ERR_NOMEM;
+    }
+    v->v = nv;
+    v->cap = cap;
+    return 0;
+}

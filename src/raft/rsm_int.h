@@ -282,6 +282,7 @@ bool rsm__job_cancel_reserved(struct rsm_fsm *f, uint64_t seq);
 
 /* Shared by the table files: id parsing ("j42", "r42") and rejections. */
 int rsm__id_parse(char prefix, const char *id, uint64_t *seq);
+int rsm__vec_reserve(struct rsm__vec *v, unsigned extra);
 void rsm__reject(struct rsm_result *r, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -80,30 +80,7 @@ static void job_free(struct rsm__job *r)
     free(r);
 }
 
-static int vec_reserve(struct rsm__vec *v, unsigned extra)
-{
-    unsigned cap = v->cap == 0 ? 16 : v->cap;
-    void **nv;
-    if (v->n + extra < v->n) {
-        return ERR_NOMEM;
-    }
-    while (cap < v->n + extra) {
-        if (cap * 2 < cap) {
-            return ERR_NOMEM;
-        }
-        cap *= 2;
-    }
-    if (cap == v->cap) {
-        return 0;
-    }
-    nv = realloc(v->v, (size_t)cap * sizeof *nv);
-    if (nv == NULL) {
-        return ERR_NOMEM;
-    }
-    v->v = nv;
-    v->cap = cap;
-    return 0;
-}
+#define vec_reserve rsm__vec_reserve
 
 /* Squeeze the NULL holes out of a seq-ordered vector, renumbering. */
 static void compact(struct rsm__vec *v, unsigned *holes, bool active)

@@ -53,30 +53,7 @@ void rsm_run_id_format(uint64_t seq, char *buf)
 
 /* ------------------------------------------------------------ storage */
 
-static int vec_reserve(struct rsm__vec *v, unsigned extra)
-{
-    unsigned cap = v->cap == 0 ? 16 : v->cap;
-    void **nv;
-    if (v->n + extra < v->n) {
-        return ERR_NOMEM;
-    }
-    while (cap < v->n + extra) {
-        if (cap * 2 < cap) {
-            return ERR_NOMEM;
-        }
-        cap *= 2;
-    }
-    if (cap == v->cap) {
-        return 0;
-    }
-    nv = realloc(v->v, (size_t)cap * sizeof *nv);
-    if (nv == NULL) {
-        return ERR_NOMEM;
-    }
-    v->v = nv;
-    v->cap = cap;
-    return 0;
-}
+#define vec_reserve rsm__vec_reserve
 
 /* First position in a seq-ordered run vector whose seq is >= seq. */
 static unsigned run_pos(const struct rsm__vec *v, uint64_t seq)
