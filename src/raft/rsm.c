@@ -433,10 +433,18 @@ static int start_raft(struct rsm *r, char *errmsg)
 {
     int rv = raft_start(&r->raft);
     if (rv != 0) {
-        if (errmsg != NULL) {
-            errmsg_printf(errmsg, "rsm: raft_start: %s", raft_errmsg(&r->raft));
+        /* 0.15 often leaves raft_errmsg() empty (a listen failure only
+         * sets the transport's message): say the most specific thing. */
+        const char *why = raft_errmsg(&r->raft);
+        if (why == NULL || why[0] == '\0') {
+            why = r->io.errmsg[0] != '\0' ? r->io.errmsg : raft_strerror(rv);
         }
-        LOGE(MOD, "raft_start: %s", raft_errmsg(&r->raft));
+        if (errmsg != NULL) {
+            errmsg_printf(errmsg,
+                          "rsm: raft_start on %s: %s (is the Raft port free?)",
+                          r->addr, why);
+        }
+        LOGE(MOD, "raft_start on %s: %s", r->addr, why);
         return ERR_IO;
     }
     r->raft_started = true;

@@ -111,20 +111,44 @@ static int port_reserve(uint16_t port)
     return 0;
 }
 
+/* Test ports come from outside the kernel's ephemeral range: a port in it
+ * can be taken by any outgoing connection (curl, Raft, another test) while
+ * its agent is down for a kill -9 and restart, which then fails to bind. */
+static void port_window(uint32_t *lo, uint32_t *hi)
+{
+    unsigned elo = 32768, ehi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%u %u", &elo, &ehi) != 2) {
+            elo = 32768;
+            ehi = 60999;
+        }
+        fclose(f);
+    }
+    if (elo >= 12000) {
+        *lo = 10000;
+        *hi = elo; /* exclusive */
+    } else {
+        *lo = ehi + 1;
+        *hi = 65535;
+    }
+}
+
 void th_free_ports(uint16_t *ports, int n)
 {
-    /* Spread processes over the range by pid so that parallel test
+    /* Spread processes over the window by pid so that parallel test
      * binaries rarely probe the same ports, then walk forward. */
-    static uint32_t next = 0;
+    static uint32_t next = 0, lo, hi;
     if (next == 0) {
-        next = 20000 + (uint32_t)((getpid() * 7919u) % 30000u);
+        port_window(&lo, &hi);
+        next = lo + (uint32_t)((getpid() * 7919u) % (hi - lo));
     }
     for (int i = 0; i < n; i++) {
         for (;;) {
             uint16_t p = (uint16_t)next;
             next++;
-            if (next >= 60000) {
-                next = 20000;
+            if (next >= hi) {
+                next = lo;
             }
             if (port_free(p) && port_reserve(p)) {
                 ports[i] = p;
