@@ -495,3 +495,155 @@ Test(cluster, whole_cluster_restart_after_snapshots_keeps_everything)
               "state lost across a whole-cluster restart");
     cl_stop(&c, true);
 }
+
+/* Every read route answers 200 from a survivor at every moment of a leader
+ * kill; every write route is acknowledged once a new leader is up. */
+static void reads_answer(const struct th_agent *a, const char *pipe)
+{
+    static const char *const routes[] = {
+        "/v1/health", "/v1/cluster", "/v1/status", "/v1/pipelines",
+        "/v1/jobs",   "/v1/runs",    NULL};
+    char url[160];
+    for (int i = 0; routes[i] != NULL; i++) {
+        snprintf(url, sizeof url, "http://%s%s", a->api_addr, routes[i]);
+        cr_assert_eq(th_http("GET", url, NULL, NULL, NULL), 200,
+                     "GET %s on %s failed during a leader kill", routes[i],
+                     a->name);
+    }
+    if (pipe == NULL) {
+        return;
+    }
+    snprintf(url, sizeof url, "http://%s/v1/pipelines/%s", a->api_addr, pipe);
+    cr_assert_eq(th_http("GET", url, NULL, NULL, NULL), 200,
+                 "GET %s on %s failed during a leader kill", url, a->name);
+}
+
+/* POST until acknowledged with `want`, spreading over the live nodes;
+ * the same Idempotency-Key on every try. Returns the reply body. */
+static char *write_until(struct cl *c,
+                         const char *path,
+                         const char *body,
+                         const char *key,
+                         long want,
+                         const char *pipe)
+{
+    char url[160], hdr[96];
+    const char *headers[] = {hdr, NULL};
+    uint64_t deadline = th_now_ms() + 15000;
+    long code = 0;
+    char *out = NULL;
+    snprintf(hdr, sizeof hdr, "Idempotency-Key: %s", key);
+    for (int attempt = 0; th_now_ms() < deadline; attempt++) {
+        const struct th_agent *a = &c->a[attempt % c->n];
+        if (a->pid == 0) {
+            continue;
+        }
+        snprintf(url, sizeof url, "http://%s%s", a->api_addr, path);
+        free(out);
+        out = NULL;
+        code = th_http("POST", url, body, headers, &out);
+        if (code == want) {
+            return out;
+        }
+        reads_answer(a, pipe);
+        usleep(10000);
+    }
+    cr_assert_fail("POST %s never acknowledged (last %ld: %s)", path, code,
+                   out != NULL ? out : "");
+    return NULL;
+}
+
+struct jobs_done_arg
+{
+    struct cl *c;
+    char ids[5][40];
+    int n;
+};
+
+static bool all_jobs_succeeded_everywhere(void *p)
+{
+    struct jobs_done_arg *a = p;
+    for (int i = 0; i < a->c->n; i++) {
+        for (int k = 0; k < a->n; k++) {
+            char url[160];
+            json_t *j;
+            bool ok;
+            snprintf(url, sizeof url, "http://%s/v1/jobs/%s",
+                     a->c->a[i].api_addr, a->ids[k]);
+            j = th_get_json(url);
+            ok = j != NULL &&
+                 strcmp(json_string_value(json_object_get(j, "state")) != NULL
+                            ? json_string_value(json_object_get(j, "state"))
+                            : "",
+                        "succeeded") == 0;
+            json_decref(j);
+            if (!ok) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+Test(cluster, every_route_serves_while_the_leader_is_killed_repeatedly)
+{
+    struct cl c;
+    struct view_arg alive = {&c, NULL, "alive", -1};
+    struct jobs_done_arg jd;
+    struct count_arg ca = {&c, 0};
+
+    memset(&jd, 0, sizeof jd);
+    jd.c = &c;
+    cl_start(&c, 3, "repeat");
+    cr_assert(th_wait(cl_all_see, &alive, 15000));
+    cr_assert(th_wait(cl_same_leader, &c, 15000));
+    free(write_until(&c, "/v1/pipelines",
+                     "{\"name\":\"p-0\",\"command\":[\"true\"]}", "rk-p-0", 201,
+                     NULL));
+    ca.want = 1;
+    for (int round = 1; round <= 5; round++) {
+        char leader[16], key[32], body[128];
+        char *reply;
+        json_t *j;
+        int li;
+
+        cl_leader_of(&c.a[0], leader);
+        li = cl_index_of(&c, leader);
+        cr_assert(li >= 0, "no leader before round %d", round);
+        th_agent_kill(&c.a[li]);
+        for (int i = 0; i < c.n; i++) {
+            if (c.a[i].pid != 0) {
+                reads_answer(&c.a[i], "p-0");
+            }
+        }
+        /* writes of each kind through the survivors */
+        snprintf(key, sizeof key, "rk-p-%d", round);
+        snprintf(body, sizeof body,
+                 "{\"name\":\"p-%d\",\"command\":[\"true\"]}", round);
+        free(write_until(&c, "/v1/pipelines", body, key, 201, "p-0"));
+        snprintf(key, sizeof key, "rk-j-%d", round);
+        reply = write_until(&c, "/v1/jobs", "{\"command\":[\"true\"]}", key,
+                            201, "p-0");
+        j = json_loads(reply, 0, NULL);
+        cr_assert(json_is_string(json_object_get(j, "id")), "%s", reply);
+        snprintf(jd.ids[jd.n++], sizeof jd.ids[0], "%s",
+                 json_string_value(json_object_get(j, "id")));
+        json_decref(j);
+        free(reply);
+        snprintf(key, sizeof key, "rk-r-%d", round);
+        free(write_until(&c, "/v1/pipelines/p-0/runs", "{}", key, 201, "p-0"));
+        ca.want++;
+        /* the killed node comes back on its data dir */
+        cl_start_one(&c, li, c.a[(li + 1) % 3].gossip_addr, 3);
+        cr_assert(th_wait(cl_all_see, &alive, 20000),
+                  "round %d: restarted node never alive", round);
+        cr_assert(th_wait(cl_same_leader, &c, 20000),
+                  "round %d: no common leader", round);
+    }
+    cr_assert(th_wait(all_have_count, &ca, 20000),
+              "not every node holds the 6 acknowledged pipelines");
+    cr_assert(th_wait(all_jobs_succeeded_everywhere, &jd, 30000),
+              "the jobs acknowledged during the kills did not all succeed "
+              "on every replica");
+    cl_stop(&c, true);
+}
