@@ -601,6 +601,8 @@ Test(cluster, every_route_serves_while_the_leader_is_killed_repeatedly)
                      "{\"name\":\"p-0\",\"command\":[\"true\"]}", "rk-p-0", 201,
                      NULL));
     ca.want = 1;
+    /* reads are served from each replica: wait until p-0 is everywhere */
+    cr_assert(th_wait(all_have_count, &ca, 10000));
     for (int round = 1; round <= 5; round++) {
         char leader[16], key[32], body[128];
         char *reply;
