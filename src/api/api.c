@@ -63,10 +63,10 @@ static void health_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
     bool diverged = rsm_diverged(a->deps.rsm);
-    http_reply_json(req, 200,
-                    json_pack("{s:s,s:s,s:b}", "status",
-                              diverged ? "diverged" : "ok", "node",
-                              a->deps.node_name, "diverged", diverged));
+    http_reply_json(
+        req, 200,
+        json_pack("{s:s,s:s,s:b}", "status", diverged ? "diverged" : "ok",
+                  "node", a->deps.node_name, "diverged", diverged));
 }
 
 static void cluster_cb(struct http_req *req, void *data)

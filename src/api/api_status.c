@@ -111,8 +111,8 @@ static json_t *digest_json(const struct rsm *r)
             o, "mismatch",
             json_pack("{s:I,s:I,s:{s:s,s:s},s:{s:s,s:s}}", "detected_at",
                       (json_int_t)d.detected_at, "index",
-                      (json_int_t)d.own.index, "own", "chain", oc, "state",
-                      os, "leader", "chain", lc, "state", ls));
+                      (json_int_t)d.own.index, "own", "chain", oc, "state", os,
+                      "leader", "chain", lc, "state", ls));
     }
     return o;
 }

@@ -94,9 +94,9 @@ static void digest_compare(struct rsm__digest_obs *o,
     }
     LOGE(MOD,
          "DIVERGED: the digest at index %" PRIu64
-         " carries the leader's record for index %" PRIu64
-         " (chain %016" PRIx64 " state %016" PRIx64
-         "), this node has chain %016" PRIx64 " state %016" PRIx64
+         " carries the leader's record for index %" PRIu64 " (chain %016" PRIx64
+         " state %016" PRIx64 "), this node has chain %016" PRIx64
+         " state %016" PRIx64
          " there: this replica or the leader's differs (RISKS rows 1, 2, "
          "4, 5, 11); compare /v1/status raft.digest across nodes, then "
          "wipe and re-add the odd one",

@@ -791,10 +791,10 @@ unsigned rsm_fsm_digest_carried(const struct rsm_fsm *f,
 
 void rsm__fsm_test_perturb(struct rsm_fsm *f,
                            uint64_t chain_xor,
-                           int64_t clock_add)
+                           uint64_t job_seq_add)
 {
     f->chain ^= chain_xor;
-    f->clock += clock_add;
+    f->job_seq += job_seq_add;
 }
 
 const struct rsm_pipeline *rsm_fsm_pipeline(const struct rsm_fsm *f,

@@ -109,9 +109,9 @@ struct rsm_fsm
     /* Digests (docs/state-machine.md "Digests"). chain and digest_last
      * are replicated state (in snapshots, not in rsm_fsm_digest); the
      * carried records are scratch of the last rsm_fsm_apply. */
-    uint64_t chain;                 /* RSM_CHAIN_SEED, then per entry */
-    uint64_t chain_before;          /* chain at the start of this entry */
-    struct rsm_digest digest_last;  /* last DIGEST applied */
+    uint64_t chain;                /* RSM_CHAIN_SEED, then per entry */
+    uint64_t chain_before;         /* chain at the start of this entry */
+    struct rsm_digest digest_last; /* last DIGEST applied */
     struct rsm_digest carried[RSM_DIGEST_CARRIED_MAX];
     unsigned n_carried;
 };
@@ -168,12 +168,12 @@ int rsm__snap_pack_pk(const struct rsm_fsm *f,
                       msgpack_packer *pk,
                       bool with_digest);
 
-/* Test hook: make this replica diverge on purpose (xor into the chain,
- * add to the FSM clock), as a lost or corrupted entry would. Never called
- * by kiln itself. */
+/* Test hook: make this replica diverge on purpose, as a lost or corrupted
+ * entry would: xor into the chain, add to the job counter (a lasting
+ * state difference). Never called by kiln itself. */
 void rsm__fsm_test_perturb(struct rsm_fsm *f,
                            uint64_t chain_xor,
-                           int64_t clock_add);
+                           uint64_t job_seq_add);
 
 /* Validation used by the codec (rsm_cmd.c) and restore. */
 bool rsm__valid_name(const char *s);

@@ -60,8 +60,8 @@ int rsm__snap_pack_pk(const struct rsm_fsm *f,
     msgpack_packer pk = *pkp; /* a packer is {data, callback}: no state */
     unsigned n_idem = f->idem_order.n - f->idem_head;
     int rv;
-    if (msgpack_pack_array(&pk, with_digest ? SNAP_FIELDS_DIGEST
-                                            : SNAP_FIELDS) != 0 ||
+    if (msgpack_pack_array(
+            &pk, with_digest ? SNAP_FIELDS_DIGEST : SNAP_FIELDS) != 0 ||
         msgpack_pack_uint32(&pk, RSM_FORMAT_VERSION) != 0 ||
         msgpack_pack_int64(&pk, f->clock) != 0 ||
         msgpack_pack_uint64(&pk, f->last_index) != 0) {
@@ -404,13 +404,10 @@ static int load_idem(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
 
 /* [chain, last_index, last_chain, last_state]; absent in snapshots
  * written before digests: the chain is then unknown (0). */
-static int load_digest(struct rsm_fsm *f,
-                       const msgpack_object *o,
-                       char *errmsg)
+static int load_digest(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
 {
     const msgpack_object *d;
-    if (o->type != MSGPACK_OBJECT_ARRAY ||
-        o->via.array.size != DIGEST_FIELDS) {
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != DIGEST_FIELDS) {
         errmsg_printf(errmsg, "digest: expected %d fields", DIGEST_FIELDS);
         return ERR_MALFORMED;
     }

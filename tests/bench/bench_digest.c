@@ -143,18 +143,21 @@ int main(int argc, char **argv)
            (unsigned)map_count(&f->idem), (unsigned long long)index_);
     printf("canonical state encoding: %zu bytes (LZ4 snapshot %zu bytes)\n",
            sb.size, snap_len);
-    printf("state hash (rsm_fsm_digest, streamed): %.1f ms (best of 5), "
-           "%016llx == hash64 %s\n",
-           (double)best_hash / 1000.0, (unsigned long long)h,
-           h == hash64(sb.data, sb.size, 0) ? "yes" : "NO");
-    printf("full snapshot (pack + LZ4, for comparison): %.1f ms (best of "
-           "5)\n",
-           (double)best_snap / 1000.0);
-    printf("chain step: %.0f ns per entry on average, %.2f GB/s (%llu "
-           "bytes in %llu entries)\n",
-           (double)chain_ns / (double)index_,
-           (double)chain_bytes / ((double)chain_ns / 1e9) / 1e9,
-           (unsigned long long)chain_bytes, (unsigned long long)index_);
+    printf(
+        "state hash (rsm_fsm_digest, streamed): %.1f ms (best of 5), "
+        "%016llx == hash64 %s\n",
+        (double)best_hash / 1000.0, (unsigned long long)h,
+        h == hash64(sb.data, sb.size, 0) ? "yes" : "NO");
+    printf(
+        "full snapshot (pack + LZ4, for comparison): %.1f ms (best of "
+        "5)\n",
+        (double)best_snap / 1000.0);
+    printf(
+        "chain step: %.0f ns per entry on average, %.2f GB/s (%llu "
+        "bytes in %llu entries)\n",
+        (double)chain_ns / (double)index_,
+        (double)chain_bytes / ((double)chain_ns / 1e9) / 1e9,
+        (unsigned long long)chain_bytes, (unsigned long long)index_);
     msgpack_sbuffer_destroy(&sb);
     rsm_fsm_destroy(f);
     return h == 0;
