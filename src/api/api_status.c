@@ -85,6 +85,38 @@ static json_t *jobs_json(const struct api *a, const struct rsm_fsm *f)
     return o;
 }
 
+/* raft.digest: this node's newest DIGEST record and the divergence flag
+ * (docs/raft.md "Divergence detection"); hashes as 16 hex digits. */
+static json_t *digest_json(const struct rsm *r)
+{
+    struct rsm_digest_status d;
+    char chain[20], state[20], now[20];
+    json_t *o;
+    rsm_digest_status(r, &d);
+    snprintf(chain, sizeof chain, "%016" PRIx64, d.last.chain);
+    snprintf(state, sizeof state, "%016" PRIx64, d.last.state);
+    snprintf(now, sizeof now, "%016" PRIx64, d.chain);
+    o = json_pack("{s:I,s:s,s:s,s:b,s:s,s:I,s:I}", "index",
+                  (json_int_t)d.last.index, "chain", chain, "state", state,
+                  "diverged", d.diverged, "chain_now", now, "checks",
+                  (json_int_t)d.checks, "checked_index",
+                  (json_int_t)d.checked_index);
+    if (o != NULL && d.diverged) {
+        char oc[20], os[20], lc[20], ls[20];
+        snprintf(oc, sizeof oc, "%016" PRIx64, d.own.chain);
+        snprintf(os, sizeof os, "%016" PRIx64, d.own.state);
+        snprintf(lc, sizeof lc, "%016" PRIx64, d.leader.chain);
+        snprintf(ls, sizeof ls, "%016" PRIx64, d.leader.state);
+        json_object_set_new(
+            o, "mismatch",
+            json_pack("{s:I,s:I,s:{s:s,s:s},s:{s:s,s:s}}", "detected_at",
+                      (json_int_t)d.detected_at, "index",
+                      (json_int_t)d.own.index, "own", "chain", oc, "state", os,
+                      "leader", "chain", lc, "state", ls));
+    }
+    return o;
+}
+
 static void status_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
@@ -105,6 +137,9 @@ static void status_cb(struct http_req *req, void *data)
                      (json_int_t)rsm_term(r), "commit_index",
                      (json_int_t)rsm_commit_index(r), "last_applied",
                      (json_int_t)rsm_last_applied(r));
+    if (raft != NULL) {
+        json_object_set_new(raft, "digest", digest_json(r));
+    }
     body = json_pack("{s:s,s:s,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:I},s:o}", "node",
                      a->deps.node_name, "id", id, "uptime_ms",
                      (json_int_t)(time_mono_ms() - started_mono_ms), "rss_kib",

@@ -20,6 +20,10 @@
 /* Period of the voter-management reconcile timer. */
 #define MEMBERS_PERIOD_MS 500
 
+/* Digest cadence defaults (docs/raft.md "Divergence detection"). */
+#define DIGEST_ENTRIES 1024
+#define DIGEST_PERIOD_MS 60000
+
 /* The barrier a new leader commits before serving (RISKS row 4). */
 struct leader_barrier
 {
@@ -29,6 +33,104 @@ struct leader_barrier
 };
 
 static void io_close_wrap(struct raft_io *io, raft_io_close_cb cb);
+
+/* ---------------------------------------------------------------------- */
+/* Divergence observer (local, outside the FSM)                           */
+/* ---------------------------------------------------------------------- */
+
+static const struct rsm_digest *ring_find(const struct rsm__digest_obs *o,
+                                          uint64_t index)
+{
+    for (unsigned i = 0; i < o->n; i++) {
+        if (o->ring[i].index == index) {
+            return &o->ring[i];
+        }
+    }
+    return NULL;
+}
+
+static uint64_t ring_newest(const struct rsm__digest_obs *o)
+{
+    if (o->n == 0) {
+        return 0;
+    }
+    return o->ring[(o->next + RSM__DIGEST_RING - 1) % RSM__DIGEST_RING].index;
+}
+
+static void ring_push(struct rsm__digest_obs *o, const struct rsm_digest *d)
+{
+    o->ring[o->next] = *d;
+    o->next = (o->next + 1) % RSM__DIGEST_RING;
+    if (o->n < RSM__DIGEST_RING) {
+        o->n++;
+    }
+}
+
+static void digest_compare(struct rsm__digest_obs *o,
+                           const struct rsm_digest *c,
+                           uint64_t index)
+{
+    const struct rsm_digest *own;
+    bool chain_ok;
+
+    if (c->index == 0) {
+        return; /* the proposer had no record yet */
+    }
+    own = ring_find(o, c->index);
+    if (own == NULL) {
+        /* Older than our ring, or before our snapshot: cannot check. */
+        LOGD(MOD, "digest at %" PRIu64 ": no own record for index %" PRIu64,
+             index, c->index);
+        return;
+    }
+    o->checks++;
+    if (c->index > o->checked_index) {
+        o->checked_index = c->index;
+    }
+    /* A chain of 0 is unknown (restored from a pre-digest snapshot). */
+    chain_ok = own->chain == 0 || c->chain == 0 || own->chain == c->chain;
+    if (chain_ok && own->state == c->state) {
+        return;
+    }
+    LOGE(MOD,
+         "DIVERGED: the digest at index %" PRIu64
+         " carries the leader's record for index %" PRIu64 " (chain %016" PRIx64
+         " state %016" PRIx64 "), this node has chain %016" PRIx64
+         " state %016" PRIx64
+         " there: this replica or the leader's differs (RISKS rows 1, 2, "
+         "4, 5, 11); compare /v1/status raft.digest across nodes, then "
+         "wipe and re-add the odd one",
+         index, c->index, c->chain, c->state, own->chain, own->state);
+    if (!o->diverged) {
+        o->diverged = true;
+        o->detected_at = index;
+        o->bad_own = *own;
+        o->bad_carried = *c;
+    }
+}
+
+void rsm__digest_observe(struct rsm__digest_obs *o,
+                         const struct rsm_fsm *f,
+                         uint64_t index)
+{
+    struct rsm_digest last = rsm_fsm_digest_last(f);
+    struct rsm_digest carried[RSM_DIGEST_CARRIED_MAX];
+    unsigned n = rsm_fsm_digest_carried(f, carried, RSM_DIGEST_CARRIED_MAX);
+
+    /* Our own newest record: made by this entry, or restored from a
+     * snapshot since the previous call. */
+    if (last.index != 0 && last.index > ring_newest(o)) {
+        ring_push(o, &last);
+    }
+    if (last.index == index) {
+        o->since = 0;
+    } else {
+        o->since++;
+    }
+    for (unsigned i = 0; i < n && i < RSM_DIGEST_CARRIED_MAX; i++) {
+        digest_compare(o, &carried[i], index);
+    }
+}
 
 /* ---------------------------------------------------------------------- */
 /* FSM adapter (shared with tests/lib/cluster.c)                          */
@@ -65,6 +167,7 @@ static int adapter_apply(struct raft_fsm *fsm,
     }
     a->n_results = n;
     a->index = index;
+    rsm__digest_observe(&a->digest, a->core, index);
     if (a->after_apply != NULL) {
         a->after_apply(a, buf->base, buf->len);
     }
@@ -163,6 +266,8 @@ void rsm_config_defaults(struct rsm_config *c)
     c->snapshot_threshold = 1024;
     c->snapshot_trailing = 2048;
     c->forward_timeout_ms = 5000;
+    c->digest_entries = DIGEST_ENTRIES;
+    c->digest_period_ms = DIGEST_PERIOD_MS;
 }
 
 /* Crash-stop (RISKS row 2): the one place kiln aborts outside main.c. A
@@ -280,6 +385,51 @@ static void poll_role(struct rsm *r)
     }
 }
 
+/* ---------------------------------------------------------------------- */
+/* Digest proposals (docs/raft.md "Divergence detection")                 */
+/* ---------------------------------------------------------------------- */
+
+static void digest_done_cb(void *data, int rv, const struct rsm_result *res)
+{
+    struct rsm *r = data;
+    r->digest_inflight = false;
+    if (rv != 0) {
+        LOGD(MOD, "digest proposal: %s", err_str(rv));
+    } else if (res != NULL) {
+        LOGD(MOD, "digest at %" PRIu64 ": state %016" PRIx64, res->index,
+             res->value);
+    }
+}
+
+/* Leader only, from the check handle (never inside a raft callback):
+ * every digest_entries applied entries, or after digest_period_ms if any
+ * entry applied meanwhile (an idle cluster proposes nothing). */
+static void maybe_propose_digest(struct rsm *r)
+{
+    uint64_t since = r->adapter.digest.since;
+    struct rsm_digest prev;
+    struct rsm_cmd cmd;
+
+    if (since == 0 || r->digest_inflight || !rsm_is_leader(r)) {
+        return;
+    }
+    if (since < r->cfg.digest_entries &&
+        time_mono_ms() - r->digest_mark_ms < r->cfg.digest_period_ms) {
+        return;
+    }
+    prev = rsm_fsm_digest_last(r->core);
+    rsm_cmd_init(&cmd, RSM_CMD_DIGEST);
+    cmd.u.digest.prev_index = prev.index;
+    cmd.u.digest.prev_chain = prev.chain;
+    cmd.u.digest.prev_state = prev.state;
+    if (rsm_propose(r, &cmd, digest_done_cb, r) == 0) {
+        r->digest_inflight = true;
+    }
+    /* Whatever the outcome, wait a full period before the time rule
+     * fires again (the entry rule still applies). */
+    r->digest_mark_ms = time_mono_ms();
+}
+
 static void check_cb(uv_check_t *h)
 {
     struct rsm *r = h->data;
@@ -288,6 +438,7 @@ static void check_cb(uv_check_t *h)
     }
     if (r->raft_started) {
         poll_role(r);
+        maybe_propose_digest(r);
     }
     rsm__service_groups(r);
 }
@@ -312,6 +463,9 @@ static void after_apply(struct rsm__adapter *a, const void *buf, size_t len)
     unsigned i;
     char errmsg[ERRMSG_SIZE];
 
+    if (a->digest.since == 0) {
+        r->digest_mark_ms = time_mono_ms(); /* a DIGEST just applied */
+    }
     if (r->cfg.on_applied == NULL) {
         return;
     }
@@ -366,6 +520,12 @@ struct rsm *rsm_create(uv_loop_t *loop,
     if (r->cfg.forward_timeout_ms == 0) {
         r->cfg.forward_timeout_ms = 5000;
     }
+    if (r->cfg.digest_entries == 0) {
+        r->cfg.digest_entries = DIGEST_ENTRIES;
+    }
+    if (r->cfg.digest_period_ms == 0) {
+        r->cfg.digest_period_ms = DIGEST_PERIOD_MS;
+    }
     addr_format(&r->cfg.raft, r->addr);
     rv = rsm_fsm_create(&r->core);
     if (rv != 0) {
@@ -380,6 +540,7 @@ struct rsm *rsm_create(uv_loop_t *loop,
     r->groups.next = r->groups.prev = &r->groups;
     r->last_state = -1;
     r->boot_ms = (uint64_t)time_wall_ms();
+    r->digest_mark_ms = time_mono_ms();
     rsm__members_init(&r->members);
 
     uv_check_init(loop, &r->check);
@@ -674,6 +835,30 @@ void rsm_member_seen(struct rsm *r,
         rsm_is_leader(r)) {
         rsm__kick_members(r, 0);
     }
+}
+
+void rsm_digest_status(const struct rsm *r, struct rsm_digest_status *out)
+{
+    const struct rsm__digest_obs *o = &r->adapter.digest;
+    memset(out, 0, sizeof *out);
+    out->last = rsm_fsm_digest_last(r->core);
+    out->chain = rsm_fsm_chain(r->core);
+    out->checks = o->checks;
+    out->checked_index = o->checked_index;
+    out->diverged = o->diverged;
+    out->detected_at = o->detected_at;
+    out->own = o->bad_own;
+    out->leader = o->bad_carried;
+}
+
+bool rsm_diverged(const struct rsm *r)
+{
+    return r->adapter.digest.diverged;
+}
+
+struct rsm_fsm *rsm__core(struct rsm *r)
+{
+    return r->core;
 }
 
 /* Internal accessors for rsm_members.c. */

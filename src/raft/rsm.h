@@ -82,6 +82,10 @@ struct rsm_config
     rsm_applied_cb on_applied;   /* optional */
     rsm_role_cb on_role;         /* optional */
     void *ud;
+    unsigned digest_entries;   /* leader proposes a DIGEST after this many
+                                  applied entries; default 1024 */
+    unsigned digest_period_ms; /* ... or after this long if any entry
+                                  applied meanwhile; default 60000 */
 };
 void rsm_config_defaults(struct rsm_config *c);
 
@@ -170,6 +174,23 @@ uint64_t rsm_last_applied(const struct rsm *r);
  * index as this node knows them; 0 before raft runs. */
 uint64_t rsm_term(const struct rsm *r);
 uint64_t rsm_commit_index(const struct rsm *r);
+
+/* (Added.) Divergence detection (docs/raft.md): this node's newest
+ * DIGEST record and what comparing the leader's records with it found. */
+struct rsm_digest_status
+{
+    struct rsm_digest last; /* this node's newest record (index 0: none) */
+    uint64_t chain;         /* chain after the last applied entry */
+    uint64_t checks;        /* leader records compared with our own */
+    uint64_t checked_index; /* newest index compared */
+    bool diverged;          /* sticky until restart */
+    uint64_t detected_at;   /* index of the DIGEST that showed it */
+    struct rsm_digest own, leader; /* the first mismatch (when diverged) */
+};
+void rsm_digest_status(const struct rsm *r, struct rsm_digest_status *out);
+
+/* True once this node's state was found to differ from the leader's. */
+bool rsm_diverged(const struct rsm *r);
 
 typedef void (*rsm_close_cb)(struct rsm *r, void *data);
 /* Fail pending proposals with ERR_SHUTDOWN, raft_close, close handles,

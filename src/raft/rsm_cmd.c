@@ -687,6 +687,8 @@ int rsm_cmd_validate(const struct rsm_cmd *c, char *errmsg)
         case RSM_CMD_RUN_MANUAL:
         case RSM_CMD_RUN_RETRY:
             return run_cmd_validate(c, errmsg);
+        case RSM_CMD_DIGEST:
+            return 0; /* any three integers */
         default:
             return job_cmd_validate(c, errmsg);
     }
@@ -830,6 +832,8 @@ static unsigned cmd_fields(unsigned type)
             return 1; /* [pipeline] */
         case RSM_CMD_RUN_RETRY:
             return 1; /* [run] */
+        case RSM_CMD_DIGEST:
+            return 3; /* [prev_index, prev_chain, prev_state] */
         default:
             return 0;
     }
@@ -937,6 +941,13 @@ static int cmd_pack_time(const struct rsm_cmd *c,
             break;
         case RSM_CMD_RUN_RETRY:
             if (msgpack_pack_uint64(pk, c->u.run_retry.run) != 0) {
+                rv = ERR_NOMEM;
+            }
+            break;
+        case RSM_CMD_DIGEST:
+            if (msgpack_pack_uint64(pk, c->u.digest.prev_index) != 0 ||
+                msgpack_pack_uint64(pk, c->u.digest.prev_chain) != 0 ||
+                msgpack_pack_uint64(pk, c->u.digest.prev_state) != 0) {
                 rv = ERR_NOMEM;
             }
             break;
@@ -1491,6 +1502,14 @@ static int cmd_parse(const msgpack_object *o, struct rsm_cmd *c, char *errmsg)
         case RSM_CMD_RUN_MANUAL:
         case RSM_CMD_RUN_RETRY:
             return run_cmd_parse(f, c, errmsg);
+        case RSM_CMD_DIGEST:
+            if (!rsm__get_u64(&f[0], UINT64_MAX, &c->u.digest.prev_index) ||
+                !rsm__get_u64(&f[1], UINT64_MAX, &c->u.digest.prev_chain) ||
+                !rsm__get_u64(&f[2], UINT64_MAX, &c->u.digest.prev_state)) {
+                errmsg_printf(errmsg, "digest: expected three integers");
+                return ERR_MALFORMED;
+            }
+            return 0;
         default:
             return job_cmd_parse(f, c, errmsg);
     }

@@ -94,6 +94,7 @@ void rsm__fsm_init(struct rsm_fsm *f)
     map_init(&f->run_groups, MAP_STR);
     f->jobs_max_finished = RSM_JOBS_MAX_FINISHED;
     f->jobs_max_age_ms = RSM_JOBS_MAX_AGE_MS;
+    f->chain = RSM_CHAIN_SEED;
 }
 
 static void pipeline_free(struct rsm_pipeline *p)
@@ -509,6 +510,25 @@ static int apply_pipeline_delete(struct rsm_fsm *f,
     return 0;
 }
 
+/* DIGEST: this node's record (the entry's index, the chain before the
+ * entry, the state hash now). Never fails, never rejects: the carried
+ * record is only kept for the runtime to compare (outside the state). */
+static void apply_digest(struct rsm_fsm *f,
+                         const struct rsm_cmd *c,
+                         struct rsm_result *res)
+{
+    f->digest_last.index = res->index;
+    f->digest_last.chain = f->chain_before;
+    f->digest_last.state = rsm_fsm_digest(f);
+    if (f->n_carried < RSM_DIGEST_CARRIED_MAX) {
+        struct rsm_digest *d = &f->carried[f->n_carried++];
+        d->index = c->u.digest.prev_index;
+        d->chain = c->u.digest.prev_chain;
+        d->state = c->u.digest.prev_state;
+    }
+    res->value = f->digest_last.state;
+}
+
 static int apply_cmd(struct rsm_fsm *f,
                      struct rsm_cmd *c,
                      struct rsm_result *res)
@@ -537,6 +557,9 @@ static int apply_cmd(struct rsm_fsm *f,
         case RSM_CMD_RUN_MANUAL:
         case RSM_CMD_RUN_RETRY:
             return rsm__apply_run(f, c, res);
+        case RSM_CMD_DIGEST:
+            apply_digest(f, c, res);
+            return 0;
         default:
             result_set(res, ERR_MALFORMED, "unknown command type %u",
                        (unsigned)c->type);
@@ -610,6 +633,8 @@ int rsm_fsm_apply(struct rsm_fsm *f,
     struct rsm_result scratch;
     int rv;
     *n_results = 0;
+    f->n_carried = 0;
+    f->chain_before = f->chain;
     msgpack_unpacked_init(&u);
     rv = rsm__entry_parse(buf, len, &u, &entry_time, &objs, &count, errmsg);
     if (rv == ERR_VERSION || rv == ERR_NOMEM) {
@@ -627,6 +652,7 @@ int rsm_fsm_apply(struct rsm_fsm *f,
             *n_results = 1;
         }
         f->last_index = index;
+        f->chain = rsm_chain_step(f->chain_before, buf, len);
         rv = 0;
         goto out;
     }
@@ -676,6 +702,7 @@ int rsm_fsm_apply(struct rsm_fsm *f,
     }
     rsm__jobs_retain(f); /* the entry's time may have aged jobs out */
     f->last_index = index;
+    f->chain = rsm_chain_step(f->chain_before, buf, len);
 out:
     msgpack_unpacked_destroy(&u);
     return rv;
@@ -693,16 +720,81 @@ uint64_t rsm_fsm_last_index(const struct rsm_fsm *f)
     return f->last_index;
 }
 
+/* Streaming FNV-1a over the packer's output: the same value as hash64
+ * (seed 0) of the concatenated bytes, without building them. */
+struct fnv_sink
+{
+    uint64_t h;
+};
+
+static int fnv_write(void *data, const char *buf, size_t len)
+{
+    struct fnv_sink *s = data;
+    const unsigned char *b = (const unsigned char *)buf;
+    uint64_t h = s->h;
+    for (size_t i = 0; i < len; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ULL;
+    }
+    s->h = h;
+    return 0;
+}
+
 uint64_t rsm_fsm_digest(const struct rsm_fsm *f)
 {
-    msgpack_sbuffer sbuf;
-    uint64_t h = 0;
-    msgpack_sbuffer_init(&sbuf);
-    if (rsm__snap_pack(f, &sbuf) == 0) {
-        h = hash64(sbuf.data, sbuf.size, 0);
+    struct fnv_sink s = {0xcbf29ce484222325ULL};
+    msgpack_packer pk;
+    uint64_t h;
+    msgpack_packer_init(&pk, &s, fnv_write);
+    if (rsm__snap_pack_pk(f, &pk, false) != 0) {
+        return 0; /* cannot happen: the sink never fails */
     }
-    msgpack_sbuffer_destroy(&sbuf);
+    /* hash64's final avalanche (splitmix64). */
+    h = s.h;
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
     return h;
+}
+
+uint64_t rsm_chain_step(uint64_t chain, const void *buf, size_t len)
+{
+    uint64_t h;
+    if (chain == 0) {
+        return 0; /* unknown stays unknown */
+    }
+    h = hash64(buf, len, chain);
+    return h != 0 ? h : 1;
+}
+
+uint64_t rsm_fsm_chain(const struct rsm_fsm *f)
+{
+    return f->chain;
+}
+
+struct rsm_digest rsm_fsm_digest_last(const struct rsm_fsm *f)
+{
+    return f->digest_last;
+}
+
+unsigned rsm_fsm_digest_carried(const struct rsm_fsm *f,
+                                struct rsm_digest *out,
+                                unsigned max)
+{
+    for (unsigned i = 0; i < f->n_carried && i < max; i++) {
+        out[i] = f->carried[i];
+    }
+    return f->n_carried;
+}
+
+void rsm__fsm_test_perturb(struct rsm_fsm *f,
+                           uint64_t chain_xor,
+                           uint64_t job_seq_add)
+{
+    f->chain ^= chain_xor;
+    f->job_seq += job_seq_add;
 }
 
 const struct rsm_pipeline *rsm_fsm_pipeline(const struct rsm_fsm *f,

@@ -46,7 +46,8 @@
     X(RSM_CMD_NODE_EXPIRE, 12, "node_expire")        \
     X(RSM_CMD_PIPELINE_FIRE, 13, "pipeline_fire")    \
     X(RSM_CMD_RUN_MANUAL, 14, "run_manual")          \
-    X(RSM_CMD_RUN_RETRY, 15, "run_retry")
+    X(RSM_CMD_RUN_RETRY, 15, "run_retry")            \
+    X(RSM_CMD_DIGEST, 16, "digest")
 
 enum rsm_cmd_type {
 #define RSM__CMD_ENUM(name, code, text) name = code,
@@ -366,6 +367,15 @@ struct rsm_cmd
         {
             uint64_t run; /* seq of a failed run */
         } run_retry;
+        struct
+        {
+            /* The proposer's own record of an earlier DIGEST (struct
+             * rsm_digest; prev_index 0 = none): compared by every node's
+             * runtime with its own record, outside the FSM. */
+            uint64_t prev_index;
+            uint64_t prev_chain;
+            uint64_t prev_state;
+        } digest;
     } u;
 };
 
@@ -443,10 +453,51 @@ int rsm_fsm_restore(struct rsm_fsm *f,
                     size_t len,
                     char *errmsg);
 
+/* ------------------------------------------------------------- digests
+ * Divergence detection (docs/state-machine.md "Digests"). The FSM keeps a
+ * running chain hash of every entry buffer it applied, part of the
+ * replicated state and of snapshots; a DIGEST command records, at its
+ * apply, (its entry's index, the chain before that entry, a hash of the
+ * canonical state). Comparing records across nodes is the runtime's job
+ * (rsm.c), never the FSM's. */
+
+/* Chain of a fresh FSM (before any entry). 0 means "unknown": a state
+ * restored from a snapshot written before chains existed; it stays 0. */
+#define RSM_CHAIN_SEED 0x6b696c6e63686e31ULL
+
+/* One node's record of one applied DIGEST command. */
+struct rsm_digest
+{
+    uint64_t index; /* raft index of the DIGEST's entry; 0 = none */
+    uint64_t chain; /* chain hash before that entry (0 = unknown) */
+    uint64_t state; /* rsm_fsm_digest() when the DIGEST applied */
+};
+
+/* chain' = hash64(entry bytes, seed chain), never 0; 0 stays 0. */
+uint64_t rsm_chain_step(uint64_t chain, const void *buf, size_t len);
+
+/* The chain after the last applied entry. */
+uint64_t rsm_fsm_chain(const struct rsm_fsm *f);
+
+/* The record of the last DIGEST applied (index 0 if none yet); carried in
+ * snapshots so that a restarted node still knows it. */
+struct rsm_digest rsm_fsm_digest_last(const struct rsm_fsm *f);
+
+/* The records carried by the DIGEST commands of the entry applied last
+ * (scratch of the last apply, not replicated state): fills at most max,
+ * returns the count. */
+#define RSM_DIGEST_CARRIED_MAX 4
+unsigned rsm_fsm_digest_carried(const struct rsm_fsm *f,
+                                struct rsm_digest *out,
+                                unsigned max);
+
 /* Read access (borrowed pointers, valid until the next apply/restore). */
 int64_t rsm_fsm_clock(const struct rsm_fsm *f);
 uint64_t rsm_fsm_last_index(const struct rsm_fsm *f);
-uint64_t rsm_fsm_digest(const struct rsm_fsm *f); /* hash of canonical state */
+/* Hash of the canonical state (hash64, seed 0, of the snapshot encoding
+ * without its digest field, streamed: no buffer). O(state): the cost is
+ * in docs/state-machine.md "Digests". */
+uint64_t rsm_fsm_digest(const struct rsm_fsm *f);
 const struct rsm_pipeline *rsm_fsm_pipeline(const struct rsm_fsm *f,
                                             const char *name);
 /* Pipelines sorted by name; returns the count, fills at most max. */

@@ -105,6 +105,15 @@ struct rsm_fsm
      * lists, empty between commands). */
     struct rsm__run *settle_head, *settle_tail;
     struct rsm__pruns *trim_head;
+
+    /* Digests (docs/state-machine.md "Digests"). chain and digest_last
+     * are replicated state (in snapshots, not in rsm_fsm_digest); the
+     * carried records are scratch of the last rsm_fsm_apply. */
+    uint64_t chain;                /* RSM_CHAIN_SEED, then per entry */
+    uint64_t chain_before;         /* chain at the start of this entry */
+    struct rsm_digest digest_last; /* last DIGEST applied */
+    struct rsm_digest carried[RSM_DIGEST_CARRIED_MAX];
+    unsigned n_carried;
 };
 
 /* A run as stored (rsm_runs.c). */
@@ -149,8 +158,22 @@ int rsm__fsm_put_member(struct rsm_fsm *f, struct rsm_member *m);
 int rsm__fsm_put_pipeline(struct rsm_fsm *f, struct rsm_pipeline *p);
 int rsm__fsm_push_idem(struct rsm_fsm *f, struct rsm__idem *e);
 
-/* Canonical (uncompressed) snapshot bytes into sbuf. */
+/* Canonical (uncompressed) snapshot bytes into sbuf, WITHOUT the digest
+ * field (the 11-field form that rsm_fsm_digest hashes). */
 int rsm__snap_pack(const struct rsm_fsm *f, msgpack_sbuffer *sbuf);
+
+/* The same encoding into any packer; with_digest appends the digest field
+ * (what rsm_fsm_snapshot writes). */
+int rsm__snap_pack_pk(const struct rsm_fsm *f,
+                      msgpack_packer *pk,
+                      bool with_digest);
+
+/* Test hook: make this replica diverge on purpose, as a lost or corrupted
+ * entry would: xor into the chain, add to the job counter (a lasting
+ * state difference). Never called by kiln itself. */
+void rsm__fsm_test_perturb(struct rsm_fsm *f,
+                           uint64_t chain_xor,
+                           uint64_t job_seq_add);
 
 /* Validation used by the codec (rsm_cmd.c) and restore. */
 bool rsm__valid_name(const char *s);
@@ -299,6 +322,31 @@ void rsm__reject(struct rsm_result *r, int code, const char *fmt, ...)
 /* Most raft_apply batches in flight on the leader (RISKS row 9). */
 #define RSM__MAX_INFLIGHT 64
 
+/* Divergence observer (rsm.c; docs/raft.md "Divergence detection"): this
+ * node's own DIGEST records, compared with the records that DIGEST
+ * commands carry. Local, never replicated; runs right after each entry
+ * applied, outside the FSM. */
+#define RSM__DIGEST_RING 8
+struct rsm__digest_obs
+{
+    struct rsm_digest ring[RSM__DIGEST_RING]; /* own records, by index */
+    unsigned n;                               /* used slots */
+    unsigned next;                            /* slot of the next push */
+    uint64_t since;         /* entries applied since the last DIGEST */
+    uint64_t checks;        /* carried records compared with our own */
+    uint64_t checked_index; /* newest index compared */
+    bool diverged;          /* sticky: a comparison failed */
+    uint64_t detected_at;   /* index of the DIGEST that showed it */
+    struct rsm_digest bad_own, bad_carried; /* the first mismatch */
+};
+
+/* Observe the entry just applied at index (after rsm_fsm_apply returned
+ * 0): record a new own DIGEST record, compare the carried ones. Logs an
+ * ERROR and sets diverged on a mismatch. */
+void rsm__digest_observe(struct rsm__digest_obs *o,
+                         const struct rsm_fsm *f,
+                         uint64_t index);
+
 /* Bridges libraft's struct raft_fsm (version 1) to the pure core. Used by
  * rsm.c and by the raft_fixture tests (tests/lib/cluster.c), so that both
  * run the very same apply/snapshot/restore glue. */
@@ -317,6 +365,7 @@ struct rsm__adapter
     unsigned n_results;
     uint64_t index;
     bool stuck; /* apply refused (newer format / no memory): logged once */
+    struct rsm__digest_obs digest; /* fed by every successful apply */
     /* Optional observer, called right after each entry applied. */
     void (*after_apply)(struct rsm__adapter *a, const void *buf, size_t len);
     void *owner;
@@ -479,12 +528,19 @@ struct rsm
     rsm_close_cb close_cb;
     void *close_data;
 
+    /* Digest proposals (leader; docs/raft.md "Divergence detection"). */
+    bool digest_inflight;
+    uint64_t digest_mark_ms; /* monotonic ms of the last DIGEST applied */
+
     /* raft_io close guard (RISKS row 15), see io_close_wrap. */
     void (*io_close_orig)(struct raft_io *io, raft_io_close_cb cb);
     raft_io_close_cb io_close_raft_cb; /* libraft's own ioCloseCb */
     bool io_fired;
     uint64_t io_last_fire; /* monotonic ms of the last (stray) fire */
 };
+
+/* Test hook: the FSM of a running rsm (tests corrupt it on purpose). */
+struct rsm_fsm *rsm__core(struct rsm *r);
 
 /* rsm.c, for rsm_propose.c. */
 void rsm__crash_stop(const char *what, int status); /* logs, abort() */

@@ -9,8 +9,10 @@
 #include "util.h"
 
 /* version, clock, last_index, members, pipelines, idem, job_seq, jobs,
- * run_seq, run_groups, runs */
-#define SNAP_FIELDS 11
+ * run_seq, run_groups, runs[, digest] */
+#define SNAP_FIELDS_DIGEST 12 /* what rsm_fsm_snapshot writes */
+#define SNAP_FIELDS 11        /* canonical state without the digest field */
+#define DIGEST_FIELDS 4       /* chain, last_index, last_chain, last_state */
 #define SNAP_FIELDS_NO_RUNS 8 /* written before runs existed: no runs */
 #define SNAP_FIELDS_NO_JOBS 6 /* written before jobs existed: no jobs */
 #define PIPELINE_FIELDS 5     /* spec, version, created, updated, fire_cursor */
@@ -47,9 +49,19 @@ static int pack_idem(const struct rsm__idem *e, msgpack_packer *pk)
 int rsm__snap_pack(const struct rsm_fsm *f, msgpack_sbuffer *sbuf)
 {
     msgpack_packer pk;
-    unsigned n_idem = f->idem_order.n - f->idem_head;
     msgpack_packer_init(&pk, sbuf, msgpack_sbuffer_write);
-    if (msgpack_pack_array(&pk, SNAP_FIELDS) != 0 ||
+    return rsm__snap_pack_pk(f, &pk, false);
+}
+
+int rsm__snap_pack_pk(const struct rsm_fsm *f,
+                      msgpack_packer *pkp,
+                      bool with_digest)
+{
+    msgpack_packer pk = *pkp; /* a packer is {data, callback}: no state */
+    unsigned n_idem = f->idem_order.n - f->idem_head;
+    int rv;
+    if (msgpack_pack_array(
+            &pk, with_digest ? SNAP_FIELDS_DIGEST : SNAP_FIELDS) != 0 ||
         msgpack_pack_uint32(&pk, RSM_FORMAT_VERSION) != 0 ||
         msgpack_pack_int64(&pk, f->clock) != 0 ||
         msgpack_pack_uint64(&pk, f->last_index) != 0) {
@@ -83,7 +95,19 @@ int rsm__snap_pack(const struct rsm_fsm *f, msgpack_sbuffer *sbuf)
     if (rsm__jobs_pack(f, &pk) != 0) { /* job counter, jobs sorted by seq */
         return ERR_NOMEM;
     }
-    return rsm__runs_pack(f, &pk); /* run counter, groups, runs by seq */
+    rv = rsm__runs_pack(f, &pk); /* run counter, groups, runs by seq */
+    if (rv != 0 || !with_digest) {
+        return rv;
+    }
+    /* Appended last, so that the prefix is the canonical state. */
+    if (msgpack_pack_array(&pk, DIGEST_FIELDS) != 0 ||
+        msgpack_pack_uint64(&pk, f->chain) != 0 ||
+        msgpack_pack_uint64(&pk, f->digest_last.index) != 0 ||
+        msgpack_pack_uint64(&pk, f->digest_last.chain) != 0 ||
+        msgpack_pack_uint64(&pk, f->digest_last.state) != 0) {
+        return ERR_NOMEM;
+    }
+    return 0;
 }
 
 /* Fixed preferences: same input, same bytes (for a given liblz4). */
@@ -109,7 +133,11 @@ int rsm_fsm_snapshot(const struct rsm_fsm *f, void **buf, size_t *len)
     *buf = NULL;
     *len = 0;
     msgpack_sbuffer_init(&sbuf);
-    rv = rsm__snap_pack(f, &sbuf);
+    {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
+        rv = rsm__snap_pack_pk(f, &pk, true);
+    }
     if (rv != 0) {
         goto out;
     }
@@ -374,6 +402,26 @@ static int load_idem(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
     return 0;
 }
 
+/* [chain, last_index, last_chain, last_state]; absent in snapshots
+ * written before digests: the chain is then unknown (0). */
+static int load_digest(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
+{
+    const msgpack_object *d;
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != DIGEST_FIELDS) {
+        errmsg_printf(errmsg, "digest: expected %d fields", DIGEST_FIELDS);
+        return ERR_MALFORMED;
+    }
+    d = o->via.array.ptr;
+    if (!rsm__get_u64(&d[0], UINT64_MAX, &f->chain) ||
+        !rsm__get_u64(&d[1], f->last_index, &f->digest_last.index) ||
+        !rsm__get_u64(&d[2], UINT64_MAX, &f->digest_last.chain) ||
+        !rsm__get_u64(&d[3], UINT64_MAX, &f->digest_last.state)) {
+        errmsg_printf(errmsg, "digest: bad field or index past the snapshot");
+        return ERR_MALFORMED;
+    }
+    return 0;
+}
+
 static int load(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
 {
     const msgpack_object *fl;
@@ -395,10 +443,12 @@ static int load(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
                       (unsigned long long)version, RSM_FORMAT_VERSION);
         return ERR_VERSION;
     }
-    if (o->via.array.size != SNAP_FIELDS &&
+    if (o->via.array.size != SNAP_FIELDS_DIGEST &&
+        o->via.array.size != SNAP_FIELDS &&
         o->via.array.size != SNAP_FIELDS_NO_RUNS &&
         o->via.array.size != SNAP_FIELDS_NO_JOBS) {
-        errmsg_printf(errmsg, "snapshot: expected %d fields", SNAP_FIELDS);
+        errmsg_printf(errmsg, "snapshot: expected %d fields",
+                      SNAP_FIELDS_DIGEST);
         return ERR_MALFORMED;
     }
     if (!rsm__get_i64(&fl[1], &f->clock) ||
@@ -416,8 +466,15 @@ static int load(struct rsm_fsm *f, const msgpack_object *o, char *errmsg)
     if (rv == 0 && o->via.array.size >= SNAP_FIELDS_NO_RUNS) {
         rv = rsm__jobs_load(f, &fl[6], &fl[7], errmsg);
     }
-    if (rv == 0 && o->via.array.size == SNAP_FIELDS) {
+    if (rv == 0 && o->via.array.size >= SNAP_FIELDS) {
         rv = rsm__runs_load(f, &fl[8], &fl[9], &fl[10], errmsg);
+    }
+    if (rv == 0) {
+        if (o->via.array.size == SNAP_FIELDS_DIGEST) {
+            rv = load_digest(f, &fl[11], errmsg);
+        } else {
+            f->chain = 0; /* written before chains: unknown from here on */
+        }
     }
     if (rv == ERR_MALFORMED) {
         errmsg_wrapf(errmsg, "snapshot");
