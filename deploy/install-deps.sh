@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config clang-format
       libraft-dev libuv1-dev liblz4-dev libmsgpack-dev libmicrohttpd-dev
       libcriterion-dev libjansson-dev libcurl4-openssl-dev
-      curl procps iproute2 tzdata)
+      curl procps iproute2 nftables tzdata)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

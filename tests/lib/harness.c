@@ -1,4 +1,5 @@
 /* Test harness for multi-process tests. */
+#define _GNU_SOURCE /* setns, CLONE_NEWNET */
 #include "lib/harness.h"
 
 #include <arpa/inet.h>
@@ -6,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,16 +189,47 @@ void th_agent_prepare(struct th_agent *a, const char *root, const char *name)
     snprintf(a->gossip_addr, sizeof a->gossip_addr, "127.0.0.1:%u", a->gossip);
 }
 
+void th_agent_set_netns(struct th_agent *a, const char *netns, const char *host)
+{
+    if (netns != NULL) {
+        snprintf(a->netns, sizeof a->netns, "%s", netns);
+    }
+    if (host != NULL) {
+        snprintf(a->host, sizeof a->host, "%s", host);
+    }
+    if (a->host[0] != '\0') {
+        snprintf(a->api_addr, sizeof a->api_addr, "%s:%u", a->host, a->api);
+        snprintf(a->gossip_addr, sizeof a->gossip_addr, "%s:%u", a->host,
+                 a->gossip);
+    }
+}
+
+/* In the child before exec: enter the agent's network namespace. */
+static void enter_netns(const char *name)
+{
+    char path[128];
+    int fd;
+    snprintf(path, sizeof path, "/run/netns/%s", name);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
+        fprintf(stderr, "th_agent_start: cannot enter netns %s: %s\n", name,
+                strerror(errno));
+        _exit(126);
+    }
+    close(fd);
+}
+
 pid_t th_agent_start(struct th_agent *a, const char *const *extra)
 {
-    char api[32], raft[32], gossip[32];
+    char api[64], raft[64], gossip[64];
+    const char *host = a->host[0] != '\0' ? a->host : "127.0.0.1";
     const char *argv[64];
     int n = 0;
     pid_t pid;
 
-    snprintf(api, sizeof api, "127.0.0.1:%u", a->api);
-    snprintf(raft, sizeof raft, "127.0.0.1:%u", a->raft);
-    snprintf(gossip, sizeof gossip, "127.0.0.1:%u", a->gossip);
+    snprintf(api, sizeof api, "%s:%u", host, a->api);
+    snprintf(raft, sizeof raft, "%s:%u", host, a->raft);
+    snprintf(gossip, sizeof gossip, "%s:%u", host, a->gossip);
     argv[n++] = KILN_BIN;
     argv[n++] = "agent";
     argv[n++] = "--name";
@@ -226,6 +259,9 @@ pid_t th_agent_start(struct th_agent *a, const char *const *extra)
         /* A test that dies (failed assertion, timeout) takes its agents
          * with it instead of leaking them. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (a->netns[0] != '\0') {
+            enter_netns(a->netns);
+        }
         execv(KILN_BIN, (char *const *)argv);
         _exit(127);
     }

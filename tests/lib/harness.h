@@ -33,10 +33,23 @@ struct th_agent
     char log_path[600];
     char api_addr[32];
     char gossip_addr[32];
+    /* Optional (empty = unused, the default after th_agent_prepare): the
+     * IPv4 address the agent binds instead of 127.0.0.1, and the network
+     * namespace (a name under /run/netns) it is started in. */
+    char host[40];
+    char netns[64];
 };
 
 /* Prepare an agent record with fresh ports and a data dir under root. */
 void th_agent_prepare(struct th_agent *a, const char *root, const char *name);
+
+/* Run the agent inside network namespace `netns` (a name under /run/netns,
+ * created by the caller), bound to `host` instead of 127.0.0.1; recomputes
+ * api_addr and gossip_addr. Call after th_agent_prepare, before
+ * th_agent_start. Either may be NULL (unchanged). */
+void th_agent_set_netns(struct th_agent *a,
+                        const char *netns,
+                        const char *host);
 
 /* Spawn "kiln agent" with the agent's ports/dir and extra flags (NULL
  * terminated). stdout+stderr go to a.log_path. Returns the pid. */
