@@ -16,9 +16,12 @@
 #define BUDDY_PING_MS 200       /* re-ping period of a member we suspect */
 #define SELF_BOOST 2            /* retransmit factor for news about ourselves */
 #define RECENT_MS 2000          /* spent news still piggybacked on pings/acks */
-#define SPENT_PER_PACKET 2      /* at most this many of them per packet */
-#define LOSS_GAIN 10            /* suspicion stretch per unit of loss rate */
-#define UNKNOWN_PP_MS 1000      /* min gap of push-pulls with unknown senders */
+#define RECONNECT_PERIODS 4     /* reconnect attempt every 4 probe periods */
+#define RECONNECT_WINDOW_MS (10 * 60 * 1000) /* ... to members dead < 10 min \
+                                              */
+#define SPENT_PER_PACKET 2 /* at most this many of them per packet */
+#define LOSS_GAIN 10       /* suspicion stretch per unit of loss rate */
+#define UNKNOWN_PP_MS 1000 /* min gap of push-pulls with unknown senders */
 
 struct node
 {
@@ -75,7 +78,7 @@ struct gossip__state
     uint64_t probe_start, probe_end;
     unsigned nacks_expected, nacks;
 
-    uint64_t next_probe, next_gossip, next_pushpull;
+    uint64_t next_probe, next_gossip, next_pushpull, next_reconnect;
     uint32_t seq;
     unsigned health;  /* Lifeguard local health multiplier - 1 */
     unsigned loss_pm; /* EWMA, per mille, of probes of live members whose
@@ -1105,6 +1108,29 @@ static void pushpull_round(struct gossip__state *st)
     }
 }
 
+/* Heal: push-pull with one member that died recently. Both sides of a
+ * short partition hold each other dead and gossip no longer reaches the
+ * dead once its news is spent, so without this they would only merge at
+ * the next push-pull round (pushpull_interval_ms, 30 s). A push-pull
+ * tells the other side it was declared dead, it refutes, and both views
+ * are whole again within a few probe periods. A connect to a really dead
+ * node fails at once or times out: one attempt per RECONNECT_PERIODS. */
+static void reconnect_round(struct gossip__state *st, uint64_t now)
+{
+    struct node *dead[GOSSIP_MAX_MEMBERS];
+    unsigned nd = 0;
+    for (unsigned i = 1; i < st->n; i++) {
+        const struct node *nd_ = st->nodes[i];
+        if (nd_->m.state == GOSSIP_DEAD &&
+            now - nd_->m.state_since_ms < RECONNECT_WINDOW_MS) {
+            dead[nd++] = st->nodes[i];
+        }
+    }
+    if (nd > 0) {
+        gossip__state_request_pushpull(st, &dead[prng_below(&st->rng, nd)]->ga);
+    }
+}
+
 void gossip__state_tick(struct gossip__state *st, uint64_t now)
 {
     st->now = now;
@@ -1184,6 +1210,11 @@ void gossip__state_tick(struct gossip__state *st, uint64_t now)
             }
             st->next_pushpull = now + iv;
             pushpull_round(st);
+        }
+        if (now >= st->next_reconnect) {
+            st->next_reconnect =
+                now + (uint64_t)st->p.probe_interval_ms * RECONNECT_PERIODS;
+            reconnect_round(st, now);
         }
     }
     if (now >= st->next_gossip) {

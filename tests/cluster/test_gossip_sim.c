@@ -720,3 +720,41 @@ Test(gossip_sim, long_partition_heals)
             (unsigned long long)(s->now - t0));
     sim_free(s);
 }
+
+/* A partition a little longer than detection (both sides declare the
+ * other dead) but far shorter than the push-pull period: the reconnect
+ * push-pulls merge the views within a few probe periods of the heal, not
+ * at the next 30 s anti-entropy round. */
+Test(gossip_sim, short_partition_heals_within_seconds)
+{
+    struct sim *s = sim_new("short-partition");
+    const unsigned n = 3;
+    uint64_t t0, bound;
+    sim_start(s, n, 20000);
+    s->nodes[0].side = 1;
+    t0 = s->now;
+    while (view(s, 0, 1) != GOSSIP_DEAD || view(s, 1, 0) != GOSSIP_DEAD ||
+           view(s, 2, 0) != GOSSIP_DEAD || view(s, 0, 2) != GOSSIP_DEAD) {
+        sim_step(s);
+        cr_assert(s->now - t0 < 20000, "partition never detected");
+    }
+    /* ... and lasts until the news of the deaths is spent */
+    t0 = s->now;
+    while (s->now - t0 < 10000) {
+        sim_step(s);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        s->nodes[i].side = 0;
+    }
+    /* reconnect period + a push-pull + a refutation's dissemination */
+    bound = (uint64_t)s->p.probe_interval_ms * 4 * 3;
+    t0 = s->now;
+    while (!converged(s)) {
+        sim_step(s);
+        cr_assert(s->now - t0 < bound, "short partition not healed in %llu ms",
+                  (unsigned long long)bound);
+    }
+    fprintf(stderr, "gossip_sim: short partition healed in %llu ms\n",
+            (unsigned long long)(s->now - t0));
+    sim_free(s);
+}

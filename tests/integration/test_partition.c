@@ -37,7 +37,7 @@ TestSuite(partition, .timeout = 90);
 #define STEPDOWN_BOUND_MS 5000
 /* A member held dead rejoins the gossip views at the next push-pull
  * reconnect, every 30 s (docs/gossip.md). */
-#define GOSSIP_HEAL_BOUND_MS 40000
+#define GOSSIP_HEAL_BOUND_MS 15000
 
 /* The one topology of this test process (Criterion runs each test in its
  * own process, so names carry that pid). */
