@@ -56,18 +56,17 @@ void api__reply_err(struct http_req *req, int err, const char *msg)
 /* --- health and cluster -------------------------------------------- */
 
 /* Still 200 and "status":"ok" when diverged (CONTRACT.md fixes that
- * body; the flag is an extension): the flag says this replica disagrees with the
- * leader's, and when the LEADER is the odd one it is the followers that
+ * body; the flag is an extension): the flag says this replica disagrees with
+ * the leader's, and when the LEADER is the odd one it is the followers that
  * raise it, so failing their health checks would steer traffic to the
  * wrong node. Monitoring alerts on "diverged" (docs/http-api.md). */
 static void health_cb(struct http_req *req, void *data)
 {
     struct api *a = data;
     bool diverged = rsm_diverged(a->deps.rsm);
-    http_reply_json(
-        req, 200,
-        json_pack("{s:s,s:s,s:b}", "status", "ok", "node",
-                  a->deps.node_name, "diverged", diverged));
+    http_reply_json(req, 200,
+                    json_pack("{s:s,s:s,s:b}", "status", "ok", "node",
+                              a->deps.node_name, "diverged", diverged));
 }
 
 static void cluster_cb(struct http_req *req, void *data)
