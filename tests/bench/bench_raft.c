@@ -62,6 +62,34 @@ static bool topup_next(void *ud,
     return true;
 }
 
+/* CPU time (user + system) of process pid in microseconds; 0 if gone. */
+static uint64_t cpu_us(pid_t pid)
+{
+    char path[64];
+    char buf[1024];
+    const char *q;
+    unsigned long long ut = 0;
+    unsigned long long st = 0;
+    FILE *fp;
+    size_t n;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    fp = fopen(path, "r");
+    if (fp == NULL) {
+        return 0;
+    }
+    n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    q = strrchr(buf, ')'); /* the name may hold spaces */
+    if (q == NULL ||
+        sscanf(q + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &ut, &st) != 2) {
+        return 0;
+    }
+    return (ut + st) * 1000000ull / (unsigned long long)sysconf(_SC_CLK_TCK);
+}
+
 static int leader_index(struct bn *c)
 {
     for (int i = 0; i < c->n; i++) {
@@ -192,6 +220,9 @@ int main(int argc, char **argv)
     double v[32];
     char note[160];
     int l;
+    /* KILN_BENCH_ONLY=writes: run only (b), for profiling the write path. */
+    const char *only = getenv("KILN_BENCH_ONLY");
+    bool writes_only = only != NULL && strcmp(only, "writes") == 0;
 
     bn_parse_args(argc, argv, &o);
     runs = o.quick ? 1 : 3;
@@ -205,7 +236,7 @@ int main(int argc, char **argv)
     }
 
     /* (a) raw NOOP proposals on the leader */
-    for (int r = 0; r < runs; r++) {
+    for (int r = 0; r < runs && !writes_only; r++) {
         char url[128];
         char *resp = NULL;
         json_t *j;
@@ -221,24 +252,47 @@ int main(int argc, char **argv)
         json_decref(j);
         free(resp);
     }
-    snprintf(note, sizeof note, "median of %d runs, N=%llu NOOPs on leader",
-             runs, (unsigned long long)n_prop);
-    bn_result("raft", "raw_commit_rate", bn_median(v, runs), "cmd/s", note);
+    if (!writes_only) {
+        snprintf(note, sizeof note, "median of %d runs, N=%llu NOOPs on leader",
+                 runs, (unsigned long long)n_prop);
+        bn_result("raft", "raw_commit_rate", bn_median(v, runs), "cmd/s", note);
+    }
 
     /* (b) HTTP writes: 16 clients over all nodes */
     for (int r = 0; r < runs; r++) {
         struct writes w = {&c, r};
         struct bn_load ld;
+        uint64_t cpu0[3];
+        double loadavg[1] = {0};
+        int wl = leader_index(&c);
+        for (int i = 0; i < 3; i++) {
+            cpu0[i] = cpu_us(c.a[i].pid);
+        }
         bn_run_load(16, o.quick ? 2000 : 5000, write_next, NULL, &w, &ld);
         v[r] = (double)ld.ok / ld.elapsed_s;
         printf("  writes run %d: %llu ok, %llu failed in %.2f s\n", r,
                (unsigned long long)ld.ok, (unsigned long long)ld.failed,
                ld.elapsed_s);
+        /* Diagnostics: CPU per write of each agent (robust to a busy
+         * host, unlike the rate) and the host's load. */
+        getloadavg(loadavg, 1);
+        printf("    cpu us/write:");
+        for (int i = 0; i < 3; i++) {
+            printf(" n%d%s %.0f", i + 1, i == wl ? "(leader)" : "",
+                   ld.ok > 0
+                       ? (double)(cpu_us(c.a[i].pid) - cpu0[i]) / (double)ld.ok
+                       : 0.0);
+        }
+        printf("; loadavg %.2f\n", loadavg[0]);
     }
     snprintf(note, sizeof note,
              "median of %d runs, 16 clients, POST /v1/pipelines, %s s", runs,
              o.quick ? "2" : "5");
     bn_result("raft", "http_write_rate", bn_median(v, runs), "writes/s", note);
+    if (writes_only) {
+        bn_stop(&c);
+        return 0;
+    }
 
     /* (d) RSS with 10,000 pipelines */
     {
