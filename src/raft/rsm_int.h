@@ -469,6 +469,14 @@ struct rsm
     unsigned q_len;
     struct rsm__group groups; /* sentinel of a circular list */
     unsigned inflight;        /* raft_apply / raft_barrier in flight */
+    /* Commit push (rsm_propose.c): followers learn the commit index only
+     * from the leader's next AppendEntries. push_index is the highest
+     * index a forwarded batch was answered with (its follower waits to
+     * apply it); sent_commit is the commit index our last raft_apply /
+     * raft_barrier carried to the followers. */
+    uint64_t push_index;
+    uint64_t sent_commit;
+    uint64_t pushes; /* commit-push barriers issued (metrics, tests) */
     int64_t last_stamp;
     uint64_t boot_ms;
     uint64_t idem_counter;

@@ -180,6 +180,9 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
     r->inflight--;
     if (status == 0) {
         copy_results(g, result);
+        if (g->kind == RSM__GROUP_REMOTE && g->apply.index > r->push_index) {
+            r->push_index = g->apply.index;
+        }
         group_complete(g);
         return;
     }
@@ -213,6 +216,9 @@ static void barrier_cb(struct raft_barrier *req, int status)
     r->inflight--;
     if (status == 0) {
         g->results[0].index = req->index;
+        if (g->kind == RSM__GROUP_RBARRIER && req->index > r->push_index) {
+            r->push_index = req->index;
+        }
         group_complete(g);
         return;
     }
@@ -221,7 +227,7 @@ static void barrier_cb(struct raft_barrier *req, int status)
         return;
     }
     if (retryable_raft(status)) {
-        if (g->kind == RSM__GROUP_BARRIER) {
+        if (g->kind == RSM__GROUP_BARRIER && g->bcb != NULL) {
             schedule_retry(g, true);
         } else {
             group_fail(g, ERR_NOTLEADER);
@@ -271,6 +277,9 @@ static int group_apply(struct rsm__group *g)
     }
     g->state = RSM__GS_APPLYING;
     r->inflight++;
+    /* raft_apply/raft_barrier sent the new entry to every follower in
+     * pipeline mode, with the current commit index. */
+    r->sent_commit = r->raft.commit_index;
     return 0;
 }
 
@@ -521,7 +530,35 @@ static void start_sized(struct rsm__group *g)
     start_sized(g2);
 }
 
-/* uv_prepare: once per loop iteration, flush the queue. */
+/* libraft 0.15 tells followers the commit index only in its next
+ * AppendEntries (a new entry or a heartbeat, up to 2 heartbeat intervals
+ * later), and a follower answers a forwarded write only once it applied it
+ * (read-your-writes). When an answered forward's index has not been carried
+ * to the followers by any entry appended since it committed, append a
+ * barrier: its AppendEntries carries the commit index at once. Under load
+ * the next batch does this for free; the barrier only fills the gaps. It is
+ * an entry like any other (counts against RSM__MAX_INFLIGHT). */
+static void push_commit(struct rsm *r)
+{
+    struct rsm__group *g;
+
+    if (r->push_index <= r->sent_commit || !rsm_is_leader(r) ||
+        r->inflight >= RSM__MAX_INFLIGHT || r->raft.configuration.n < 2) {
+        return;
+    }
+    g = group_new(r, RSM__GROUP_BARRIER, 0); /* no waiter: bcb NULL */
+    if (g == NULL) {
+        return; /* the next entry or heartbeat carries it */
+    }
+    if (group_apply(g) != 0) {
+        group_free(g);
+        return;
+    }
+    r->pushes++;
+}
+
+/* uv_prepare: once per loop iteration, flush the queue, then push the
+ * commit index to the followers if no new entry did. */
 void rsm__prepare_cb(uv_prepare_t *h)
 {
     struct rsm *r = h->data;
@@ -533,6 +570,9 @@ void rsm__prepare_cb(uv_prepare_t *h)
             return;
         }
         start_sized(g);
+    }
+    if (!r->closing) {
+        push_commit(r);
     }
 }
 
