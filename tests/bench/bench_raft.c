@@ -20,6 +20,7 @@ struct writes
     uint64_t *issued; /* [i]: bn_mono_us when request i was issued */
     double *lat[2];   /* latencies in ms: [0] to a follower, [1] leader */
     int n_lat[2];
+    FILE *dump; /* KILN_BENCH_LATFILE: "run i node issued_ms latency_ms" */
 };
 
 static bool write_next(void *ud,
@@ -60,6 +61,11 @@ static void write_done(void *ud, long code, const char *body, size_t len)
         return;
     }
     k = (int)(i % (uint64_t)w->c->n) == w->leader ? 1 : 0;
+    if (w->dump != NULL) {
+        fprintf(w->dump, "%d %llu %d %.3f %.3f\n", run, i,
+                (int)(i % (uint64_t)w->c->n), (double)w->issued[i] / 1000.0,
+                (double)(bn_mono_us() - w->issued[i]) / 1000.0);
+    }
     if (w->n_lat[k] < (int)LAT_MAX) {
         w->lat[k][w->n_lat[k]++] =
             (double)(bn_mono_us() - w->issued[i]) / 1000.0;
@@ -302,7 +308,8 @@ int main(int argc, char **argv)
 
     /* (b) HTTP writes: 16 clients over all nodes */
     for (int r = 0; r < runs; r++) {
-        struct writes w = {&c, r, leader_index(&c), NULL, {NULL, NULL}, {0, 0}};
+        struct writes w = {&c,     r,   leader_index(&c), NULL, {NULL, NULL},
+                           {0, 0}, NULL};
         struct bn_load ld;
         uint64_t cpu0[3];
         double loadavg[1] = {0};
@@ -315,6 +322,9 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < 3; i++) {
             cpu0[i] = cpu_us(c.a[i].pid);
+        }
+        if (getenv("KILN_BENCH_LATFILE") != NULL) {
+            w.dump = fopen(getenv("KILN_BENCH_LATFILE"), r == 0 ? "w" : "a");
         }
         w.issued = calloc(LAT_MAX, sizeof *w.issued);
         w.lat[0] = calloc(LAT_MAX, sizeof *w.lat[0]);
@@ -354,6 +364,9 @@ int main(int argc, char **argv)
                    bn_pct(w.lat[k], w.n_lat[k], 50),
                    bn_pct(w.lat[k], w.n_lat[k], 90),
                    bn_pct(w.lat[k], w.n_lat[k], 99));
+        }
+        if (w.dump != NULL) {
+            fclose(w.dump);
         }
         free(w.issued);
         free(w.lat[0]);
