@@ -480,6 +480,7 @@ struct rsm
     uint64_t push_index;
     uint64_t sent_commit;
     uint64_t pushes; /* commit-push barriers issued (metrics, tests) */
+    uint64_t merged; /* entries that carried several groups (tests) */
     int64_t last_stamp;
     uint64_t boot_ms;
     uint64_t idem_counter;

@@ -344,6 +344,9 @@ static int carrier_apply(struct rsm *r, struct rsm__group **parts, unsigned n)
     for (unsigned i = 0; i < n; i++) {
         parts[i]->state = RSM__GS_APPLYING;
     }
+    if (n > 1) {
+        r->merged++;
+    }
     applying(r);
     return 0;
 }
@@ -922,6 +925,11 @@ int rsm_propose_encoded(struct rsm *r,
             r->rq_head = g;
         }
         r->rq_tail = g;
+        /* Called after this iteration's flush (e.g. from another prepare
+         * handle): do not let the loop block before the next one. */
+        if (!uv_is_active((uv_handle_t *)&r->retry_timer)) {
+            uv_timer_start(&r->retry_timer, retry_timer_cb, 0, RETRY_MS);
+        }
         return 0;
     }
     rv = group_apply(g);
