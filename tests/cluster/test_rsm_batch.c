@@ -2,12 +2,17 @@
  * (in-process forwarding): forwarded batches and local proposals merged
  * into one entry answer every proposer with its own result, and a
  * follower's forwarded write completes without waiting for a heartbeat
- * (the commit push). */
+ * (the commit push); every raft TCP stream has TCP_NODELAY. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "err.h"
 #include "lib/cluster.h"
@@ -314,4 +319,60 @@ Test(rsm_batch, follower_write_does_not_wait_for_heartbeat, .fini = teardown)
     cr_assert_lt(ms[ROUNDS / 2], 100, "median follower write %llu ms",
                  (unsigned long long)ms[ROUNDS / 2]);
     cr_assert_gt(nodes[l]->pushes, 0);
+}
+
+static bool is_raft_port(uint16_t port)
+{
+    for (unsigned i = 0; i < N; i++) {
+        if (ports[i] == port) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Raft streams between the three instances (in this process): accepted
+ * and connected ones alike have Nagle off. */
+Test(rsm_batch, raft_streams_nodelay, .fini = teardown)
+{
+    struct outcome o;
+    DIR *d;
+    struct dirent *e;
+    unsigned streams = 0;
+    int l;
+
+    start_cluster(500, 50);
+    l = leader_index();
+    propose_create(((unsigned)l + 1) % N, "x", &o); /* traffic both ways */
+    cr_assert(run_until(fired, &o, 5000));
+    d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        struct sockaddr_in self;
+        struct sockaddr_in peer;
+        socklen_t len = sizeof self;
+        int on = 0;
+        socklen_t olen = sizeof on;
+        if (fd <= 2 || fd == dirfd(d) ||
+            getsockname(fd, (struct sockaddr *)&self, &len) != 0 ||
+            self.sin_family != AF_INET) {
+            continue;
+        }
+        len = sizeof peer;
+        if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0) {
+            continue; /* listening */
+        }
+        if (!is_raft_port(ntohs(self.sin_port)) &&
+            !is_raft_port(ntohs(peer.sin_port))) {
+            continue;
+        }
+        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &olen), 0);
+        cr_assert_neq(on, 0, "raft stream fd %d (%u -> %u) has Nagle on", fd,
+                      ntohs(self.sin_port), ntohs(peer.sin_port));
+        streams++;
+    }
+    closedir(d);
+    /* Each instance connects to the two others, and accepts from them. */
+    cr_assert_geq(streams, 4, "only %u raft streams found", streams);
 }
