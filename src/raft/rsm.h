@@ -74,8 +74,8 @@ struct rsm_config
     unsigned election_ms;        /* default 1000 */
     unsigned heartbeat_ms;       /* default 100 */
     unsigned segment_kib;        /* default 8192 */
-    unsigned snapshot_threshold; /* entries; default 1024 */
-    unsigned snapshot_trailing;  /* entries; default 2048 */
+    unsigned snapshot_threshold; /* entries; default 4096 */
+    unsigned snapshot_trailing;  /* entries; default 4096 */
     unsigned forward_timeout_ms; /* no leader answer within: ERR_UNAVAILABLE
                                     (503); default 5000 */
     rsm_forward_fn forward;      /* required for followers' proposals */

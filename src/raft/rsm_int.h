@@ -474,13 +474,13 @@ struct rsm__group
     void *req;
     void *fwd_buf; /* raft_malloc'd encoded batch for forwarding */
     size_t fwd_len;
-    struct raft_apply apply;
     struct raft_barrier barrier;
     struct rsm_result *results; /* owned, n entries (or 1 for barriers) */
     uint64_t deadline;          /* monotonic ms: forwarding gives up */
     uint64_t retry_at;
     uint64_t wait_index;
     struct rsm__group *prev, *next;
+    struct rsm__group *rq_next; /* REMOTE waiting in rsm.rq for the flush */
 };
 
 /* The runtime instance (rsm.c lifecycle and roles, rsm_propose.c
@@ -518,6 +518,18 @@ struct rsm
     unsigned q_len;
     struct rsm__group groups; /* sentinel of a circular list */
     unsigned inflight;        /* raft_apply / raft_barrier in flight */
+    /* Forwarded batches accepted this iteration: the flush puts them and
+     * the local proposals into as few entries as possible. */
+    struct rsm__group *rq_head, *rq_tail;
+    /* Commit push (rsm_propose.c): followers learn the commit index only
+     * from the leader's next AppendEntries. push_index is the highest
+     * index a forwarded batch was answered with (its follower waits to
+     * apply it); sent_commit is the commit index our last raft_apply /
+     * raft_barrier carried to the followers. */
+    uint64_t push_index;
+    uint64_t sent_commit;
+    uint64_t pushes; /* commit-push barriers issued (metrics, tests) */
+    uint64_t merged; /* entries that carried several groups (tests) */
     int64_t last_stamp;
     uint64_t boot_ms;
     uint64_t idem_counter;

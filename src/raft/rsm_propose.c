@@ -156,33 +156,41 @@ static void schedule_retry(struct rsm__group *g, bool reset_deadline)
 /* Leader path                                                            */
 /* ---------------------------------------------------------------------- */
 
-static void copy_results(struct rsm__group *g, const struct rsm__adapter *a)
+/* One raft entry carrying the commands of one or more groups, in order
+ * (leader only). Owned by raft until carrier_cb. */
+struct rsm__carrier
+{
+    struct raft_apply apply;
+    struct rsm *r;
+    unsigned n_parts;
+    struct rsm__group *parts[]; /* n_parts, APPLYING */
+};
+
+/* Results [off, off + g->n) of the entry are g's. */
+static void copy_results(struct rsm__group *g,
+                         const struct rsm__adapter *a,
+                         unsigned off,
+                         uint64_t index)
 {
     unsigned i;
     for (i = 0; i < g->n; i++) {
-        if (a != NULL && i < a->n_results) {
-            g->results[i] = a->results[i];
+        if (a != NULL && off + i < a->n_results) {
+            g->results[i] = a->results[off + i];
         } else {
             memset(&g->results[i], 0, sizeof g->results[i]);
             g->results[i].code = ERR_MALFORMED;
             snprintf(g->results[i].message, sizeof g->results[i].message,
                      "no result for command %u", i);
-            g->results[i].index = g->apply.index;
+            g->results[i].index = index;
         }
     }
 }
 
-static void apply_cb(struct raft_apply *req, int status, void *result)
+/* A part of an entry that did not apply (status != 0). */
+static void part_failed(struct rsm__group *g, int status)
 {
-    struct rsm__group *g = req->data;
     struct rsm *r = g->r;
 
-    r->inflight--;
-    if (status == 0) {
-        copy_results(g, result);
-        group_complete(g);
-        return;
-    }
     if (r->closing || status == RAFT_SHUTDOWN) {
         group_fail(g, ERR_SHUTDOWN);
         return;
@@ -205,6 +213,29 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
     rsm__crash_stop("raft_apply", status);
 }
 
+static void carrier_cb(struct raft_apply *req, int status, void *result)
+{
+    struct rsm__carrier *c = req->data;
+    struct rsm *r = c->r;
+    unsigned off = 0;
+
+    r->inflight--;
+    for (unsigned i = 0; i < c->n_parts; i++) {
+        struct rsm__group *g = c->parts[i];
+        if (status != 0) {
+            part_failed(g, status);
+            continue;
+        }
+        copy_results(g, result, off, req->index);
+        off += g->n;
+        if (g->kind == RSM__GROUP_REMOTE && req->index > r->push_index) {
+            r->push_index = req->index;
+        }
+        group_complete(g);
+    }
+    free(c);
+}
+
 static void barrier_cb(struct raft_barrier *req, int status)
 {
     struct rsm__group *g = req->data;
@@ -213,6 +244,9 @@ static void barrier_cb(struct raft_barrier *req, int status)
     r->inflight--;
     if (status == 0) {
         g->results[0].index = req->index;
+        if (g->kind == RSM__GROUP_RBARRIER && req->index > r->push_index) {
+            r->push_index = req->index;
+        }
         group_complete(g);
         return;
     }
@@ -221,7 +255,7 @@ static void barrier_cb(struct raft_barrier *req, int status)
         return;
     }
     if (retryable_raft(status)) {
-        if (g->kind == RSM__GROUP_BARRIER) {
+        if (g->kind == RSM__GROUP_BARRIER && g->bcb != NULL) {
             schedule_retry(g, true);
         } else {
             group_fail(g, ERR_NOTLEADER);
@@ -231,47 +265,111 @@ static void barrier_cb(struct raft_barrier *req, int status)
     rsm__crash_stop("raft_barrier", status);
 }
 
-/* Append g on this (ready) leader. Returns 0, or ERR_NOTLEADER when raft
- * refused synchronously (e.g. a transfer is running), or another ERR_*. */
-static int group_apply(struct rsm__group *g)
+static int map_raft_rv(int rv)
 {
-    struct rsm *r = g->r;
-    struct raft_buffer buf;
-    int rv;
-
-    if (g->kind == RSM__GROUP_BARRIER || g->kind == RSM__GROUP_RBARRIER) {
-        g->barrier.data = g;
-        rv = raft_barrier(&r->raft, &g->barrier, barrier_cb);
-    } else {
-        buf.base = NULL;
-        buf.len = 0;
-        rv = rsm_entry_encode(g->cmds, g->n, stamp_now(r), &buf.base, &buf.len);
-        if (rv != 0) {
-            return rv;
-        }
-        if (buf.len > RSM__MAX_ENTRY) {
-            raft_free(buf.base);
-            return ERR_TOOBIG;
-        }
-        g->apply.data = g;
-        rv = raft_apply(&r->raft, &g->apply, &buf, 1, apply_cb);
-        if (rv != 0) {
-            raft_free(buf.base); /* still ours on error */
-        }
-    }
     if (rv == RAFT_NOTLEADER || rv == RAFT_LEADERSHIPLOST) {
         return ERR_NOTLEADER;
     }
     if (rv == RAFT_NOMEM) {
         return ERR_NOMEM;
     }
-    if (rv != 0) {
-        LOGW(MOD, "raft request refused: %s", raft_strerror(rv));
-        return ERR_IO;
-    }
-    g->state = RSM__GS_APPLYING;
+    LOGW(MOD, "raft request refused: %s", raft_strerror(rv));
+    return ERR_IO;
+}
+
+/* raft_apply/raft_barrier sent the new entry to every follower in pipeline
+ * mode, with the current commit index. */
+static void applying(struct rsm *r)
+{
     r->inflight++;
+    r->sent_commit = r->raft.commit_index;
+}
+
+/* Append the commands of parts[0..n) (LOCAL or REMOTE groups) as ONE entry
+ * on this (ready) leader. Returns 0 (every part is APPLYING and owned by
+ * the entry), or ERR_NOTLEADER when raft refused synchronously (e.g. a
+ * transfer is running), ERR_TOOBIG, ERR_NOMEM, ERR_IO; then the parts are
+ * untouched. */
+static int carrier_apply(struct rsm *r, struct rsm__group **parts, unsigned n)
+{
+    struct rsm__carrier *c;
+    struct rsm_cmd *cmds = parts[0]->cmds;
+    struct raft_buffer buf = {NULL, 0};
+    unsigned total = 0;
+    int rv;
+
+    for (unsigned i = 0; i < n; i++) {
+        total += parts[i]->n;
+    }
+    c = malloc(sizeof *c + n * sizeof c->parts[0]);
+    if (c == NULL) {
+        return ERR_NOMEM;
+    }
+    if (n > 1) {
+        /* Shallow copies, for encoding only: the parts keep ownership. */
+        unsigned k = 0;
+        cmds = malloc(total * sizeof *cmds);
+        if (cmds == NULL) {
+            free(c);
+            return ERR_NOMEM;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            memcpy(cmds + k, parts[i]->cmds, parts[i]->n * sizeof *cmds);
+            k += parts[i]->n;
+        }
+    }
+    rv = rsm_entry_encode(cmds, total, stamp_now(r), &buf.base, &buf.len);
+    if (n > 1) {
+        free(cmds);
+    }
+    if (rv != 0) {
+        free(c);
+        return rv;
+    }
+    if (buf.len > RSM__MAX_ENTRY) {
+        raft_free(buf.base);
+        free(c);
+        return ERR_TOOBIG;
+    }
+    c->r = r;
+    c->n_parts = n;
+    memcpy(c->parts, parts, n * sizeof c->parts[0]);
+    c->apply.data = c;
+    rv = raft_apply(&r->raft, &c->apply, &buf, 1, carrier_cb);
+    if (rv != 0) {
+        raft_free(buf.base); /* still ours on error */
+        free(c);
+        return map_raft_rv(rv);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        parts[i]->state = RSM__GS_APPLYING;
+    }
+    if (n > 1) {
+        r->merged++;
+    }
+    applying(r);
     return 0;
+}
+
+/* Append g alone on this (ready) leader. Returns 0, or ERR_NOTLEADER when
+ * raft refused synchronously (e.g. a transfer is running), or another
+ * ERR_*. */
+static int group_apply(struct rsm__group *g)
+{
+    struct rsm *r = g->r;
+    int rv;
+
+    if (g->kind == RSM__GROUP_BARRIER || g->kind == RSM__GROUP_RBARRIER) {
+        g->barrier.data = g;
+        rv = raft_barrier(&r->raft, &g->barrier, barrier_cb);
+        if (rv != 0) {
+            return map_raft_rv(rv);
+        }
+        g->state = RSM__GS_APPLYING;
+        applying(r);
+        return 0;
+    }
+    return carrier_apply(r, &g, 1);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -419,10 +517,10 @@ static struct rsm__group *group_new(struct rsm *r,
     return g;
 }
 
-/* Move up to RSM__MAX_BATCH queued proposals into one group. */
-static struct rsm__group *take_batch(struct rsm *r)
+/* Move up to max (<= RSM__MAX_BATCH) queued proposals into one group. */
+static struct rsm__group *take_batch(struct rsm *r, unsigned max)
 {
-    unsigned n = r->q_len < RSM__MAX_BATCH ? r->q_len : RSM__MAX_BATCH;
+    unsigned n = r->q_len < max ? r->q_len : max;
     struct rsm__group *g;
     unsigned i;
 
@@ -496,11 +594,13 @@ static void start_sized(struct rsm__group *g)
     struct rsm__group *g2;
     int rv;
 
-    rv = rsm_entry_encode(g->cmds, g->n, 0, &g->fwd_buf, &g->fwd_len);
-    if (rv != 0) {
-        g->fwd_buf = NULL;
-        group_fail(g, rv);
-        return;
+    if (g->fwd_buf == NULL) {
+        rv = rsm_entry_encode(g->cmds, g->n, 0, &g->fwd_buf, &g->fwd_len);
+        if (rv != 0) {
+            g->fwd_buf = NULL;
+            group_fail(g, rv);
+            return;
+        }
     }
     if (g->fwd_len <= limit) {
         group_start(g);
@@ -521,18 +621,153 @@ static void start_sized(struct rsm__group *g)
     start_sized(g2);
 }
 
-/* uv_prepare: once per loop iteration, flush the queue. */
+/* libraft 0.15 tells followers the commit index only in its next
+ * AppendEntries (a new entry or a heartbeat, up to 2 heartbeat intervals
+ * later), and a follower answers a forwarded write only once it applied it
+ * (read-your-writes). When an answered forward's index has not been carried
+ * to the followers by any entry appended since it committed, append a
+ * barrier: its AppendEntries carries the commit index at once. Under load
+ * the next batch does this for free; the barrier only fills the gaps. It is
+ * an entry like any other (counts against RSM__MAX_INFLIGHT). */
+static void push_commit(struct rsm *r)
+{
+    struct rsm__group *g;
+
+    if (r->push_index <= r->sent_commit || !rsm_is_leader(r) ||
+        r->inflight >= RSM__MAX_INFLIGHT || r->raft.configuration.n < 2) {
+        return;
+    }
+    g = group_new(r, RSM__GROUP_BARRIER, 0); /* no waiter: bcb NULL */
+    if (g == NULL) {
+        return; /* the next entry or heartbeat carries it */
+    }
+    if (group_apply(g) != 0) {
+        group_free(g);
+        return;
+    }
+    r->pushes++;
+}
+
+static struct rsm__group *rq_pop(struct rsm *r)
+{
+    struct rsm__group *g = r->rq_head;
+    if (g != NULL) {
+        r->rq_head = g->rq_next;
+        if (r->rq_head == NULL) {
+            r->rq_tail = NULL;
+        }
+        g->rq_next = NULL;
+    }
+    return g;
+}
+
+/* Fail the forwarded batches still queued (not the leader any more, or too
+ * busy): the follower retries. */
+static void rq_fail(struct rsm *r, int rv)
+{
+    struct rsm__group *g;
+    while ((g = rq_pop(r)) != NULL) {
+        group_fail(g, rv);
+    }
+}
+
+/* Encoded size of a part, for the entry size bound. A local batch that
+ * does not fit alone is split by start_sized (returns 0: not mergeable). */
+static size_t part_len(struct rsm__group *g)
+{
+    if (g->kind == RSM__GROUP_LOCAL && g->fwd_buf == NULL) {
+        if (rsm_entry_encode(g->cmds, g->n, 0, &g->fwd_buf, &g->fwd_len) != 0) {
+            g->fwd_buf = NULL;
+            return 0;
+        }
+    }
+    return g->fwd_len;
+}
+
+/* The ready leader's flush: the forwarded batches accepted this iteration
+ * and the local proposals become as few entries as possible (each at most
+ * RSM__MAX_BATCH commands and about RSM__MAX_ENTRY bytes), forwarded ones
+ * first (they already waited for a round trip). */
+static void flush_leader(struct rsm *r)
+{
+    size_t limit = RSM__MAX_ENTRY - 16 * RSM__MAX_BATCH;
+    struct rsm__group *parts[RSM__MAX_BATCH];
+
+    while ((r->rq_head != NULL || r->q_len > 0) && !r->closing) {
+        unsigned n_parts = 0;
+        unsigned total = 0;
+        size_t len = 0;
+        int rv;
+
+        if (r->inflight >= RSM__MAX_INFLIGHT) {
+            rq_fail(r, ERR_BUSY); /* the followers retry */
+            break;                /* local ones wait for the next flush */
+        }
+        while (r->rq_head != NULL && total + r->rq_head->n <= RSM__MAX_BATCH &&
+               (n_parts == 0 || len + r->rq_head->fwd_len <= limit)) {
+            struct rsm__group *g = rq_pop(r);
+            total += g->n;
+            len += g->fwd_len;
+            parts[n_parts++] = g;
+        }
+        if (r->q_len > 0 && total < RSM__MAX_BATCH) {
+            struct rsm__group *g = take_batch(r, RSM__MAX_BATCH - total);
+            size_t glen;
+            if (g == NULL) {
+                LOGE(MOD, "out of memory batching proposals");
+                fail_queue(r, ERR_NOMEM);
+            } else if ((glen = part_len(g)) == 0 || glen > limit ||
+                       (n_parts > 0 && len + glen > limit)) {
+                start_sized(g); /* alone (split if too big) */
+            } else {
+                total += g->n;
+                len += glen;
+                parts[n_parts++] = g;
+            }
+        }
+        if (n_parts == 0) {
+            continue;
+        }
+        rv = carrier_apply(r, parts, n_parts);
+        if (rv == 0) {
+            continue;
+        }
+        for (unsigned i = 0; i < n_parts; i++) {
+            struct rsm__group *g = parts[i];
+            if (rv == ERR_NOTLEADER && g->kind == RSM__GROUP_LOCAL) {
+                schedule_retry(g, false);
+            } else {
+                group_fail(g, rv);
+            }
+        }
+        if (rv == ERR_NOTLEADER) {
+            rq_fail(r, ERR_NOTLEADER);
+        }
+    }
+}
+
+/* uv_prepare: once per loop iteration, flush the queue, then push the
+ * commit index to the followers if no new entry did. */
 void rsm__prepare_cb(uv_prepare_t *h)
 {
     struct rsm *r = h->data;
+
+    if (!r->closing && rsm_is_leader(r)) {
+        flush_leader(r);
+    } else {
+        rq_fail(r, ERR_NOTLEADER);
+    }
     while (r->q_len > 0 && !r->closing) {
-        struct rsm__group *g = take_batch(r);
+        struct rsm__group *g = take_batch(r, RSM__MAX_BATCH);
         if (g == NULL) {
             LOGE(MOD, "out of memory batching proposals");
             fail_queue(r, ERR_NOMEM);
             return;
         }
         start_sized(g);
+    }
+    if (!r->closing) {
+        push_commit(r);
     }
 }
 
@@ -680,6 +915,23 @@ int rsm_propose_encoded(struct rsm *r,
     g->cmds = cmds;
     g->done = done;
     g->req = req;
+    if (n > 0) {
+        /* Applied by the next flush, in one entry with the other batches
+         * of this loop iteration. */
+        g->fwd_len = len;
+        if (r->rq_tail != NULL) {
+            r->rq_tail->rq_next = g;
+        } else {
+            r->rq_head = g;
+        }
+        r->rq_tail = g;
+        /* Called after this iteration's flush (e.g. from another prepare
+         * handle): do not let the loop block before the next one. */
+        if (!uv_is_active((uv_handle_t *)&r->retry_timer)) {
+            uv_timer_start(&r->retry_timer, retry_timer_cb, 0, RETRY_MS);
+        }
+        return 0;
+    }
     rv = group_apply(g);
     if (rv != 0) {
         g->done = NULL; /* refused synchronously: no callback */
@@ -721,6 +973,7 @@ void rsm__groups_shutdown(struct rsm *r)
     struct rsm__group *next;
 
     fail_queue(r, ERR_SHUTDOWN);
+    rq_fail(r, ERR_SHUTDOWN);
     for (g = r->groups.next; g != &r->groups; g = next) {
         next = g->next;
         if (g->state == RSM__GS_APPLYING) {
@@ -739,6 +992,7 @@ void rsm__groups_shutdown(struct rsm *r)
 void rsm__groups_fail_all(struct rsm *r)
 {
     struct rsm__group *g;
+    r->rq_head = r->rq_tail = NULL;
     while ((g = r->groups.next) != &r->groups) {
         group_fail(g, ERR_SHUTDOWN);
     }

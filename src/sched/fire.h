@@ -30,7 +30,6 @@
 /* Wait after a failed or rejected FIRE before planning that pipeline
  * again. */
 #define FIRE_RETRY_MS 250
-#define FIRE_COALESCE_MS 20 /* min gap of passes caused by applies */
 
 /* One FIRE to propose: the tick and whether it only advances the cursor. */
 struct fire_action
@@ -67,20 +66,30 @@ int fire_plan(const struct rsm_pipeline *p,
               unsigned *n,
               int64_t *next_wake_ms);
 
-struct fire_req; /* a batch of FIRE proposals in flight (sched_fire.c) */
+struct fire_req;  /* a batch of FIRE proposals in flight (sched_fire.c) */
+struct fire_pipe; /* per scheduled pipeline state (sched_fire.c) */
 
 /* The firing loop. Caller-allocated; fields are private to sched_fire.c
- * except the counters, which tests and metrics may read. */
+ * except the counters, which tests and metrics may read. A pass plans only
+ * the pipelines touched since the last one and those whose next tick is
+ * due, so its cost does not grow with the number of pipelines; every
+ * scheduled pipeline is planned once when the leadership starts. */
 struct fire
 {
-    uv_loop_t *loop;       /* borrowed */
-    struct rsm *rsm;       /* borrowed; must outlive fire_close's cb */
-    uv_timer_t timer;      /* the one wake-up timer */
-    struct map pipes;      /* name -> struct fire_pipe (owned) */
+    uv_loop_t *loop;              /* borrowed */
+    struct rsm *rsm;              /* borrowed; must outlive fire_close's cb */
+    uv_timer_t timer;             /* the one wake-up timer */
+    struct map pipes;             /* name -> struct fire_pipe (owned), one
+                                     per scheduled pipeline */
+    struct fire_pipe **heap;      /* min-heap on the wake-up time (owned) */
+    size_t heap_n;                /* used */
+    size_t heap_cap;              /* allocated */
+    struct fire_pipe *dirty_head; /* to plan at the next pass (FIFO) */
+    struct fire_pipe *dirty_tail;
     struct fire_req *reqs; /* proposals in flight (owned, detached on
                               close) */
-    uint64_t gen;          /* sweep generation of pipes */
-    uint64_t last_pass_ms; /* uv_now of the last pass */
+    uint64_t gen;          /* full scan generation of pipes */
+    bool need_scan;        /* plan every pipeline at the next pass */
     bool leader;           /* rsm_is_leader at the last pass */
     bool closing;
     void (*close_cb)(struct fire *f);
@@ -90,6 +99,9 @@ struct fire
     uint64_t applied;  /* accepted by the FSM (result code 0) */
     uint64_t rejected; /* rejected by the FSM (stale cursor, gone, ...) */
     uint64_t failed;   /* proposals that failed (no leader, shutdown) */
+    uint64_t passes;   /* passes run on the leader */
+    uint64_t scans;    /* of which walked every pipeline (full scans) */
+    uint64_t planned;  /* pipelines planned (fire_plan calls) */
 };
 
 /* Initialise the loop on loop over rsm and plan at once if this node
@@ -97,9 +109,11 @@ struct fire
  * changes (fire_on_role). Returns 0 or ERR_NOMEM / ERR_IO (timer). */
 int fire_init(struct fire *f, uv_loop_t *loop, struct rsm *rsm);
 
-/* Observer of applied commands (from rsm's on_applied): re-plans the
- * pipeline touched by a pipeline create/update/delete or a FIRE. Cheap for
- * every other command. Never proposes synchronously. */
+/* Observer of applied commands (from rsm's on_applied): re-plans (at the
+ * next loop iteration) the pipeline touched by a pipeline create/update/
+ * delete or a FIRE, if it has or gets a schedule. O(1) for every other
+ * command and for pipelines without a schedule. Never proposes
+ * synchronously. */
 void fire_on_applied(struct fire *f,
                      const struct rsm_cmd *cmd,
                      const struct rsm_result *res);

@@ -179,16 +179,25 @@ int fire_plan(const struct rsm_pipeline *p,
 
 /* --------------------------------------------------------------- loop */
 
-/* What the loop remembers per pipeline (on the leader). */
+#define HEAP_NONE SIZE_MAX
+
+/* What the loop remembers per scheduled pipeline (on the leader). A pass
+ * plans only the pipelines on the dirty list (touched by an applied
+ * command, answered FIRE batches, or all of them once per leadership) and
+ * those whose wake-up time has come (a min-heap on wake_ms), so its cost
+ * does not depend on the number of pipelines. */
 struct fire_pipe
 {
-    uint64_t version;      /* of the cached expression; 0 = none yet */
-    bool has_expr;         /* schedule parsed on this node */
-    struct cron_expr expr; /* valid when has_expr */
-    bool inflight;         /* a FIRE batch is proposed, not answered */
-    bool dirty;            /* plan at the next pass */
-    int64_t wake_ms;       /* plan again at; INT64_MAX = on change only */
-    uint64_t gen;          /* last pass that saw the pipeline */
+    char name[RSM_NAME_MAX + 1];
+    uint64_t version;             /* of the cached expression; 0 = none */
+    bool has_expr;                /* schedule parsed on this node */
+    struct cron_expr expr;        /* valid when has_expr */
+    bool inflight;                /* a FIRE batch is proposed, not answered */
+    bool queued;                  /* on the dirty list */
+    struct fire_pipe *next_dirty; /* dirty list link */
+    int64_t wake_ms;              /* plan again at; INT64_MAX = not timed */
+    size_t heap_pos;              /* index in f->heap or HEAP_NONE */
+    uint64_t gen;                 /* last full scan that saw the pipeline */
 };
 
 /* One batch of FIRE proposals for one pipeline. */
@@ -205,6 +214,167 @@ struct fire_req
 };
 
 static void kick(struct fire *f, uint64_t delay_ms);
+static void rearm(struct fire *f);
+
+/* ----------------------------------------------------- wake-up heap */
+
+static void heap_place(struct fire *f, size_t i, struct fire_pipe *pp)
+{
+    f->heap[i] = pp;
+    pp->heap_pos = i;
+}
+
+static void heap_up(struct fire *f, size_t i)
+{
+    struct fire_pipe *pp = f->heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (f->heap[parent]->wake_ms <= pp->wake_ms) {
+            break;
+        }
+        heap_place(f, i, f->heap[parent]);
+        i = parent;
+    }
+    heap_place(f, i, pp);
+}
+
+static void heap_down(struct fire *f, size_t i)
+{
+    struct fire_pipe *pp = f->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= f->heap_n) {
+            break;
+        }
+        if (c + 1 < f->heap_n &&
+            f->heap[c + 1]->wake_ms < f->heap[c]->wake_ms) {
+            c++;
+        }
+        if (pp->wake_ms <= f->heap[c]->wake_ms) {
+            break;
+        }
+        heap_place(f, i, f->heap[c]);
+        i = c;
+    }
+    heap_place(f, i, pp);
+}
+
+static void heap_remove(struct fire *f, struct fire_pipe *pp)
+{
+    size_t i = pp->heap_pos;
+    struct fire_pipe *last;
+
+    if (i == HEAP_NONE) {
+        return;
+    }
+    pp->heap_pos = HEAP_NONE;
+    last = f->heap[--f->heap_n];
+    if (last == pp) {
+        return;
+    }
+    heap_place(f, i, last);
+    heap_up(f, i);
+    heap_down(f, last->heap_pos);
+}
+
+/* Set pp's wake-up time (INT64_MAX: none) and its place in the heap. On
+ * out of memory the pipeline is left untimed and a full scan is due. */
+static void heap_set(struct fire *f, struct fire_pipe *pp, int64_t wake_ms)
+{
+    pp->wake_ms = wake_ms;
+    if (wake_ms == INT64_MAX) {
+        heap_remove(f, pp);
+        return;
+    }
+    if (pp->heap_pos != HEAP_NONE) {
+        heap_up(f, pp->heap_pos);
+        heap_down(f, pp->heap_pos);
+        return;
+    }
+    if (f->heap_n == f->heap_cap) {
+        size_t ncap = f->heap_cap == 0 ? 64 : f->heap_cap * 2;
+        struct fire_pipe **nh = realloc(f->heap, ncap * sizeof *nh);
+        if (nh == NULL) {
+            LOGW(MOD, "pipeline %s: out of memory; rescanning later", pp->name);
+            pp->wake_ms = INT64_MAX;
+            f->need_scan = true;
+            return;
+        }
+        f->heap = nh;
+        f->heap_cap = ncap;
+    }
+    heap_place(f, f->heap_n++, pp);
+    heap_up(f, pp->heap_pos);
+}
+
+/* ------------------------------------------------------ pipelines */
+
+static void mark_dirty(struct fire *f, struct fire_pipe *pp)
+{
+    if (pp->queued) {
+        return;
+    }
+    pp->queued = true;
+    pp->next_dirty = NULL;
+    if (f->dirty_tail != NULL) {
+        f->dirty_tail->next_dirty = pp;
+    } else {
+        f->dirty_head = pp;
+    }
+    f->dirty_tail = pp;
+}
+
+static struct fire_pipe *pipe_get(struct fire *f, const char *name)
+{
+    struct fire_pipe *pp = map_get_str(&f->pipes, name);
+    if (pp != NULL) {
+        return pp;
+    }
+    pp = calloc(1, sizeof *pp);
+    if (pp == NULL) {
+        return NULL;
+    }
+    str_copy(pp->name, sizeof pp->name, name);
+    pp->wake_ms = INT64_MAX;
+    pp->heap_pos = HEAP_NONE;
+    if (map_put_str(&f->pipes, name, pp, NULL) != 0) {
+        free(pp);
+        return NULL;
+    }
+    return pp;
+}
+
+/* Forget pp. Precondition: not on the dirty list. */
+static void pipe_drop(struct fire *f, struct fire_pipe *pp)
+{
+    heap_remove(f, pp);
+    map_del_str(&f->pipes, pp->name);
+    free(pp);
+}
+
+/* Refresh the cached expression when the pipeline's version changed. */
+static void pipe_refresh(struct fire_pipe *pp, const struct rsm_pipeline *p)
+{
+    char errmsg[ERRMSG_SIZE] = "";
+
+    if (pp->version == p->version) {
+        return;
+    }
+    pp->version = p->version;
+    pp->has_expr = false;
+    if (p->spec.schedule[0] == '\0') {
+        return;
+    }
+    if (cron_parse(&pp->expr, p->spec.schedule, p->spec.timezone, errmsg) !=
+        0) {
+        LOGW(MOD, "pipeline %s v%" PRIu64 ": %s: not firing", p->spec.name,
+             p->version, errmsg);
+        return;
+    }
+    pp->has_expr = true;
+}
+
+/* ------------------------------------------------------ proposals */
 
 static void req_unlink(struct fire *f, struct fire_req *q)
 {
@@ -233,14 +403,12 @@ static void req_finish(struct fire_req *q)
             if (q->failed || q->rejected) {
                 /* No busy loop on a persistent failure or disagreement
                  * with the FSM: back off before planning again. */
-                pp->wake_ms = time_wall_ms() + FIRE_RETRY_MS;
+                heap_set(f, pp, time_wall_ms() + FIRE_RETRY_MS);
             } else {
-                pp->dirty = true;
+                mark_dirty(f, pp);
             }
         }
-        if (!f->closing) {
-            kick(f, 0);
-        }
+        rearm(f);
     }
     free(q);
 }
@@ -277,7 +445,6 @@ static void fire_proposed_cb(void *data, int rv, const struct rsm_result *res)
 
 /* Propose the planned actions of one pipeline as one batch. */
 static void propose_actions(struct fire *f,
-                            const char *name,
                             struct fire_pipe *pp,
                             const struct fire_action *acts,
                             unsigned n)
@@ -287,12 +454,12 @@ static void propose_actions(struct fire *f,
     int rv;
 
     if (q == NULL) {
-        LOGW(MOD, "FIRE %s: out of memory", name);
-        pp->wake_ms = time_wall_ms() + FIRE_RETRY_MS;
+        LOGW(MOD, "FIRE %s: out of memory", pp->name);
+        heap_set(f, pp, time_wall_ms() + FIRE_RETRY_MS);
         return;
     }
     q->f = f;
-    str_copy(q->name, sizeof q->name, name);
+    str_copy(q->name, sizeof q->name, pp->name);
     q->proposing = true;
     q->next = f->reqs;
     if (f->reqs != NULL) {
@@ -300,10 +467,11 @@ static void propose_actions(struct fire *f,
     }
     f->reqs = q;
     pp->inflight = true;
+    heap_set(f, pp, INT64_MAX); /* re-planned when the batch is answered */
     for (unsigned i = 0; i < n; i++) {
         rsm_cmd_init(&cmd, RSM_CMD_PIPELINE_FIRE);
         str_copy(cmd.u.pipeline_fire.pipeline,
-                 sizeof cmd.u.pipeline_fire.pipeline, name);
+                 sizeof cmd.u.pipeline_fire.pipeline, pp->name);
         cmd.u.pipeline_fire.scheduled_for_ms = acts[i].scheduled_for_ms;
         cmd.u.pipeline_fire.skip = acts[i].skip;
         q->left++;
@@ -314,174 +482,149 @@ static void propose_actions(struct fire *f,
             q->failed = true;
             f->failed++;
             rsm_cmd_clear(&cmd);
-            LOGD(MOD, "FIRE %s: propose: %s", name, err_str(rv));
+            LOGD(MOD, "FIRE %s: propose: %s", pp->name, err_str(rv));
             break;
         }
         f->proposed++;
         if (acts[i].skip) {
             f->skipped++;
         }
-        LOGD(MOD, "FIRE %s at %" PRId64 "%s", name, acts[i].scheduled_for_ms,
-             acts[i].skip ? " (skip)" : "");
+        LOGD(MOD, "FIRE %s at %" PRId64 "%s", pp->name,
+             acts[i].scheduled_for_ms, acts[i].skip ? " (skip)" : "");
     }
     q->proposing = false;
     if (q->left == 0) {
-        req_finish(q);
+        req_finish(q); /* all failed at once: backs off */
     }
 }
 
-/* Refresh the cached expression when the pipeline's version changed. */
-static void pipe_refresh(struct fire_pipe *pp, const struct rsm_pipeline *p)
+/* ------------------------------------------------------------ passes */
+
+/* Plan one pipeline taken off the dirty list: propose its due FIREs and
+ * time its next wake-up; forget it when the FSM no longer has it or it has
+ * no schedule. */
+static void plan_one(struct fire *f, struct fire_pipe *pp, int64_t now)
 {
-    char errmsg[ERRMSG_SIZE] = "";
+    const struct rsm_pipeline *p =
+        rsm_fsm_pipeline(rsm_state(f->rsm), pp->name);
+    struct fire_action acts[FIRE_BATCH_MAX];
+    unsigned k = 0;
+    int64_t wake = INT64_MAX;
 
-    if (pp->version == p->version) {
-        return;
-    }
-    pp->version = p->version;
-    pp->dirty = true;
-    pp->has_expr = false;
-    if (p->spec.schedule[0] == '\0') {
-        return;
-    }
-    if (cron_parse(&pp->expr, p->spec.schedule, p->spec.timezone, errmsg) !=
-        0) {
-        LOGW(MOD, "pipeline %s v%" PRIu64 ": %s: not firing", p->spec.name,
-             p->version, errmsg);
-        return;
-    }
-    pp->has_expr = true;
-}
-
-static struct fire_pipe *pipe_get(struct fire *f, const char *name)
-{
-    struct fire_pipe *pp = map_get_str(&f->pipes, name);
-    if (pp != NULL) {
-        return pp;
-    }
-    pp = calloc(1, sizeof *pp);
-    if (pp == NULL) {
-        return NULL;
-    }
-    pp->wake_ms = INT64_MAX;
-    if (map_put_str(&f->pipes, name, pp, NULL) != 0) {
-        free(pp);
-        return NULL;
-    }
-    return pp;
-}
-
-/* Forget pipelines the FSM no longer has. */
-static void pipes_sweep(struct fire *f)
-{
-    struct map_iter it;
-    const char *key;
-    void *value;
-    char(*gone)[RSM_NAME_MAX + 1] = NULL;
-    size_t n_gone = 0;
-    size_t cap = 0;
-
-    map_iter_init(&it, &f->pipes);
-    while (map_iter_next(&it, &key, NULL, &value)) {
-        struct fire_pipe *pp = value;
-        if (pp->gen == f->gen) {
-            continue;
+    if (p == NULL || p->spec.schedule[0] == '\0') {
+        if (!pp->inflight) {
+            pipe_drop(f, pp);
         }
-        if (n_gone == cap) {
-            size_t ncap = cap == 0 ? 8 : cap * 2;
-            void *ng = realloc(gone, ncap * sizeof *gone);
-            if (ng == NULL) {
-                break; /* swept at a later pass */
-            }
-            gone = ng;
-            cap = ncap;
-        }
-        str_copy(gone[n_gone++], sizeof gone[0], key);
+        return; /* else looked at again when the batch is answered */
     }
-    for (size_t i = 0; i < n_gone; i++) {
-        free(map_del_str(&f->pipes, gone[i]));
+    pipe_refresh(pp, p);
+    if (pp->inflight) {
+        return; /* re-planned when the batch is answered */
     }
-    free(gone);
+    f->planned++;
+    fire_plan(p, pp->has_expr ? &pp->expr : NULL, now, acts, FIRE_BATCH_MAX, &k,
+              &wake);
+    if (k > 0) {
+        propose_actions(f, pp, acts, k);
+        return;
+    }
+    heap_set(f, pp, wake);
 }
 
-/* One pass over every pipeline: plan the dirty and due ones, then arm the
- * timer for the earliest wake-up. Only on the ready leader. */
-static void fire_pass(struct fire *f)
+/* Mark every scheduled pipeline of the FSM dirty and forget the ones it no
+ * longer has: on new leadership (the cursors may have moved under another
+ * leader) and after running out of memory. O(pipelines). */
+static void full_scan(struct fire *f)
 {
     const struct rsm_fsm *fsm = rsm_state(f->rsm);
     unsigned count = rsm_fsm_pipeline_count(fsm);
-    const struct rsm_pipeline **all;
-    struct fire_action acts[FIRE_BATCH_MAX];
-    int64_t now;
-    int64_t earliest = INT64_MAX;
+    const struct rsm_pipeline **all = calloc(count + 1, sizeof *all);
+    struct map_iter it;
+    const char *key;
+    void *value;
     unsigned n;
+    bool ok = true;
+    struct fire_pipe *gone = NULL;
 
-    f->leader = rsm_is_leader(f->rsm);
-    if (!f->leader || f->closing) {
-        uv_timer_stop(&f->timer);
-        return;
-    }
-    f->last_pass_ms = uv_now(f->loop);
-    all = calloc(count + 1, sizeof *all);
     if (all == NULL) {
-        LOGW(MOD, "pass: out of memory; retrying");
-        kick(f, FIRE_RETRY_MS);
-        return;
+        LOGW(MOD, "scan: out of memory; retrying");
+        return; /* need_scan stays set */
     }
     n = rsm_fsm_pipelines(fsm, all, count);
     if (n > count) {
         n = count;
     }
     f->gen++;
-    now = time_wall_ms();
+    f->scans++;
     for (unsigned i = 0; i < n; i++) {
         const struct rsm_pipeline *p = all[i];
-        struct fire_pipe *pp = pipe_get(f, p->spec.name);
-        unsigned k = 0;
-        int64_t wake = INT64_MAX;
-
+        struct fire_pipe *pp;
+        if (p->spec.schedule[0] == '\0' &&
+            map_get_str(&f->pipes, p->spec.name) == NULL) {
+            continue;
+        }
+        pp = pipe_get(f, p->spec.name);
         if (pp == NULL) {
-            earliest = now + FIRE_RETRY_MS; /* out of memory: later */
+            ok = false;
             continue;
         }
         pp->gen = f->gen;
-        pipe_refresh(pp, p);
-        if (pp->inflight) {
-            continue; /* re-planned when the batch is answered */
-        }
-        if (pp->dirty || pp->wake_ms <= now) {
-            pp->dirty = false;
-            fire_plan(p, pp->has_expr ? &pp->expr : NULL, now, acts,
-                      FIRE_BATCH_MAX, &k, &wake);
-            pp->wake_ms = wake;
-            if (k > 0) {
-                /* p may be invalidated by applies from here on (never
-                 * synchronously, but stay safe): copy what we need. */
-                char name[RSM_NAME_MAX + 1];
-                str_copy(name, sizeof name, p->spec.name);
-                propose_actions(f, name, pp, acts, k);
-                if (pp->inflight) {
-                    continue; /* re-planned when the batch is answered */
-                }
-                /* Failed at once: its retry time counts below. */
-                if (pp->dirty) {
-                    pp->wake_ms = now;
-                }
-            }
-        }
-        if (pp->wake_ms < earliest) {
-            earliest = pp->wake_ms;
-        }
+        mark_dirty(f, pp);
     }
     free(all);
-    pipes_sweep(f);
-    if (earliest == INT64_MAX) {
+    /* Not seen: gone from the FSM (queued ones are dropped when planned).
+     * Chain them through next_dirty (unused while not queued). */
+    map_iter_init(&it, &f->pipes);
+    while (map_iter_next(&it, &key, NULL, &value)) {
+        struct fire_pipe *pp = value;
+        if (pp->gen != f->gen && !pp->queued) {
+            pp->next_dirty = gone;
+            gone = pp;
+        }
+    }
+    while (gone != NULL) {
+        struct fire_pipe *pp = gone;
+        gone = pp->next_dirty;
+        pipe_drop(f, pp);
+    }
+    f->need_scan = !ok;
+}
+
+/* One pass: plan the dirty pipelines and the due ones, then arm the timer
+ * for the earliest wake-up. Only on the ready leader. */
+static void fire_pass(struct fire *f)
+{
+    struct fire_pipe *list;
+    int64_t now;
+
+    f->leader = rsm_is_leader(f->rsm);
+    if (!f->leader || f->closing) {
         uv_timer_stop(&f->timer);
         return;
     }
-    uv_update_time(f->loop);
+    f->passes++;
+    if (f->need_scan) {
+        full_scan(f);
+    }
     now = time_wall_ms();
-    kick(f, earliest <= now ? 0 : (uint64_t)(earliest - now));
+    while (f->heap_n > 0 && f->heap[0]->wake_ms <= now) {
+        struct fire_pipe *pp = f->heap[0];
+        heap_set(f, pp, INT64_MAX);
+        mark_dirty(f, pp);
+    }
+    /* Detach the list: pipelines marked while planning (never
+     * synchronously by a proposal, but stay safe) wait for the next
+     * pass. */
+    list = f->dirty_head;
+    f->dirty_head = f->dirty_tail = NULL;
+    while (list != NULL) {
+        struct fire_pipe *pp = list;
+        list = pp->next_dirty;
+        pp->next_dirty = NULL;
+        pp->queued = false;
+        plan_one(f, pp, now);
+    }
+    rearm(f);
 }
 
 static void fire_timer_cb(uv_timer_t *t)
@@ -496,6 +639,34 @@ static void kick(struct fire *f, uint64_t delay_ms)
         return;
     }
     uv_timer_start(&f->timer, fire_timer_cb, delay_ms, 0);
+}
+
+/* Arm the timer for what is pending: at once for dirty pipelines, else the
+ * earliest wake-up (a pending full scan retries within FIRE_RETRY_MS). */
+static void rearm(struct fire *f)
+{
+    int64_t delay = INT64_MAX;
+
+    if (f->closing || !f->leader) {
+        uv_timer_stop(&f->timer);
+        return;
+    }
+    if (f->dirty_head != NULL) {
+        delay = 0;
+    } else if (f->heap_n > 0) {
+        int64_t now;
+        uv_update_time(f->loop);
+        now = time_wall_ms();
+        delay = f->heap[0]->wake_ms <= now ? 0 : f->heap[0]->wake_ms - now;
+    }
+    if (f->need_scan && delay > FIRE_RETRY_MS) {
+        delay = FIRE_RETRY_MS;
+    }
+    if (delay == INT64_MAX) {
+        uv_timer_stop(&f->timer);
+        return;
+    }
+    kick(f, (uint64_t)delay);
 }
 
 int fire_init(struct fire *f, uv_loop_t *loop, struct rsm *rsm)
@@ -520,6 +691,7 @@ void fire_on_applied(struct fire *f,
                      const struct rsm_result *res)
 {
     const char *name;
+    bool scheduled = false; /* the command sets a schedule */
     struct fire_pipe *pp;
 
     UNUSED(res);
@@ -529,9 +701,11 @@ void fire_on_applied(struct fire *f,
     switch (cmd->type) {
         case RSM_CMD_PIPELINE_CREATE:
             name = cmd->u.pipeline_create.name;
+            scheduled = cmd->u.pipeline_create.schedule[0] != '\0';
             break;
         case RSM_CMD_PIPELINE_UPDATE:
             name = cmd->u.pipeline_update.spec.name;
+            scheduled = cmd->u.pipeline_update.spec.schedule[0] != '\0';
             break;
         case RSM_CMD_PIPELINE_DELETE:
             name = cmd->u.pipeline_delete.name;
@@ -542,33 +716,34 @@ void fire_on_applied(struct fire *f,
         default:
             return;
     }
+    /* Every scheduled pipeline has an entry (from the full scan at the
+     * start of the leadership, or from its create/update): a pipeline
+     * without one and without a new schedule has nothing to fire. */
     pp = map_get_str(&f->pipes, name);
-    if (pp != NULL) {
-        pp->dirty = true;
-    }
-    /* A new pipeline is picked up by the pass itself (version differs).
-     * A pass walks every pipeline, so passes caused by applies are spaced
-     * FIRE_COALESCE_MS apart (a burst of pipeline writes would otherwise
-     * cost O(pipelines) per loop iteration); the timer of a due tick is
-     * never pushed back. */
-    {
-        uint64_t now = uv_now(f->loop);
-        uint64_t delay = f->last_pass_ms + FIRE_COALESCE_MS > now
-                             ? f->last_pass_ms + FIRE_COALESCE_MS - now
-                             : 0;
-        if (uv_is_active((uv_handle_t *)&f->timer) &&
-            uv_timer_get_due_in(&f->timer) <= delay) {
+    if (pp == NULL) {
+        if (!scheduled) {
             return;
         }
-        kick(f, delay);
+        pp = pipe_get(f, name);
+        if (pp == NULL) {
+            LOGW(MOD, "pipeline %s: out of memory; rescanning later", name);
+            f->need_scan = true;
+            kick(f, FIRE_RETRY_MS);
+            return;
+        }
+    }
+    mark_dirty(f, pp);
+    /* The pass runs in the next loop iteration; it costs O(dirty + due),
+     * not O(pipelines). */
+    if (!uv_is_active((uv_handle_t *)&f->timer) ||
+        uv_timer_get_due_in(&f->timer) > 0) {
+        kick(f, 0);
     }
 }
 
 void fire_on_role(struct fire *f)
 {
     bool leader;
-    struct map_iter it;
-    void *value;
 
     if (f->closing) {
         return;
@@ -577,10 +752,7 @@ void fire_on_role(struct fire *f)
     if (leader && !f->leader) {
         /* New leadership: the cursors may have moved under another
          * leader, so plan everything afresh. */
-        map_iter_init(&it, &f->pipes);
-        while (map_iter_next(&it, NULL, NULL, &value)) {
-            ((struct fire_pipe *)value)->dirty = true;
-        }
+        f->need_scan = true;
         LOGI(MOD, "leader: firing schedules");
     } else if (!leader && f->leader) {
         LOGI(MOD, "not leader: firing stops");
@@ -619,5 +791,9 @@ void fire_close(struct fire *f, void (*cb)(struct fire *f))
         free(value);
     }
     map_close(&f->pipes);
+    free(f->heap);
+    f->heap = NULL;
+    f->heap_n = f->heap_cap = 0;
+    f->dirty_head = f->dirty_tail = NULL;
     uv_close((uv_handle_t *)&f->timer, fire_timer_closed_cb);
 }

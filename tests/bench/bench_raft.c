@@ -10,10 +10,17 @@
 
 #include "bench/common.h"
 
+#define LAT_MAX (1u << 20)
+
 struct writes
 {
     struct bn *c;
     int run;
+    int leader;       /* index of the leader at the start */
+    uint64_t *issued; /* [i]: bn_mono_us when request i was issued */
+    double *lat[2];   /* latencies in ms: [0] to a follower, [1] leader */
+    int n_lat[2];
+    FILE *dump; /* KILN_BENCH_LATFILE: "run i node issued_ms latency_ms" */
 };
 
 static bool write_next(void *ud,
@@ -26,12 +33,43 @@ static bool write_next(void *ud,
 {
     struct writes *w = ud;
     const struct th_agent *a = &w->c->a[i % (uint64_t)w->c->n];
+    if (i < LAT_MAX) {
+        w->issued[i] = bn_mono_us();
+    }
     *method = "POST";
     snprintf(url, url_size, "http://%s/v1/pipelines", a->api_addr);
     snprintf(body, body_size,
              "{\"name\":\"w%d-%llu\",\"command\":[\"/bin/true\"]}", w->run,
              (unsigned long long)i);
     return true;
+}
+
+/* Diagnostics: the reply names the pipeline "w<run>-<i>", which gives the
+ * request's issue time and target. */
+static void write_done(void *ud, long code, const char *body, size_t len)
+{
+    struct writes *w = ud;
+    const char *q = strstr(body, "\"name\":\"w");
+    int run;
+    unsigned long long i;
+    int k;
+
+    (void)len;
+    if (code != 201 || q == NULL ||
+        sscanf(q, "\"name\":\"w%d-%llu", &run, &i) != 2 || run != w->run ||
+        i >= LAT_MAX) {
+        return;
+    }
+    k = (int)(i % (uint64_t)w->c->n) == w->leader ? 1 : 0;
+    if (w->dump != NULL) {
+        fprintf(w->dump, "%d %llu %d %.3f %.3f\n", run, i,
+                (int)(i % (uint64_t)w->c->n), (double)w->issued[i] / 1000.0,
+                (double)(bn_mono_us() - w->issued[i]) / 1000.0);
+    }
+    if (w->n_lat[k] < (int)LAT_MAX) {
+        w->lat[k][w->n_lat[k]++] =
+            (double)(bn_mono_us() - w->issued[i]) / 1000.0;
+    }
 }
 
 struct topup
@@ -60,6 +98,34 @@ static bool topup_next(void *ud,
              "\"timeout_s\":60}",
              (unsigned long long)i);
     return true;
+}
+
+/* CPU time (user + system) of process pid in microseconds; 0 if gone. */
+static uint64_t cpu_us(pid_t pid)
+{
+    char path[64];
+    char buf[1024];
+    const char *q;
+    unsigned long long ut = 0;
+    unsigned long long st = 0;
+    FILE *fp;
+    size_t n;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    fp = fopen(path, "r");
+    if (fp == NULL) {
+        return 0;
+    }
+    n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    q = strrchr(buf, ')'); /* the name may hold spaces */
+    if (q == NULL ||
+        sscanf(q + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &ut, &st) != 2) {
+        return 0;
+    }
+    return (ut + st) * 1000000ull / (unsigned long long)sysconf(_SC_CLK_TCK);
 }
 
 static int leader_index(struct bn *c)
@@ -192,8 +258,21 @@ int main(int argc, char **argv)
     double v[32];
     char note[160];
     int l;
+    /* KILN_BENCH_ONLY=writes: run only (b), for profiling the write path. */
+    const char *only = getenv("KILN_BENCH_ONLY");
+    bool writes_only = only != NULL && strcmp(only, "writes") == 0;
+    /* KILN_BENCH_CLIENTS=N: diagnostics only (the goal is with 16). */
+    const char *env_clients = getenv("KILN_BENCH_CLIENTS");
+    int clients = env_clients != NULL ? atoi(env_clients) : 16;
 
     bn_parse_args(argc, argv, &o);
+    if (clients < 1 || clients > 1024) {
+        clients = 16;
+    }
+    if (clients != 16) {
+        printf("  NOTE: %d clients (KILN_BENCH_CLIENTS), not the goal's 16\n",
+               clients);
+    }
     runs = o.quick ? 1 : 3;
     trials = o.trials > 0 ? o.trials : (o.quick ? 3 : 10);
     n_prop = o.quick ? 20000 : 100000;
@@ -205,7 +284,7 @@ int main(int argc, char **argv)
     }
 
     /* (a) raw NOOP proposals on the leader */
-    for (int r = 0; r < runs; r++) {
+    for (int r = 0; r < runs && !writes_only; r++) {
         char url[128];
         char *resp = NULL;
         json_t *j;
@@ -221,24 +300,86 @@ int main(int argc, char **argv)
         json_decref(j);
         free(resp);
     }
-    snprintf(note, sizeof note, "median of %d runs, N=%llu NOOPs on leader",
-             runs, (unsigned long long)n_prop);
-    bn_result("raft", "raw_commit_rate", bn_median(v, runs), "cmd/s", note);
+    if (!writes_only) {
+        snprintf(note, sizeof note, "median of %d runs, N=%llu NOOPs on leader",
+                 runs, (unsigned long long)n_prop);
+        bn_result("raft", "raw_commit_rate", bn_median(v, runs), "cmd/s", note);
+    }
 
     /* (b) HTTP writes: 16 clients over all nodes */
     for (int r = 0; r < runs; r++) {
-        struct writes w = {&c, r};
+        struct writes w = {&c,     r,   leader_index(&c), NULL, {NULL, NULL},
+                           {0, 0}, NULL};
         struct bn_load ld;
-        bn_run_load(16, o.quick ? 2000 : 5000, write_next, NULL, &w, &ld);
+        uint64_t cpu0[3];
+        double loadavg[1] = {0};
+        int wl = leader_index(&c);
+        int64_t idx0 = -1;
+        json_t *st = wl >= 0 ? bn_status(&c, wl) : NULL;
+        if (st != NULL) {
+            idx0 = bn_jint(st, "raft.last_applied");
+            json_decref(st);
+        }
+        for (int i = 0; i < 3; i++) {
+            cpu0[i] = cpu_us(c.a[i].pid);
+        }
+        if (getenv("KILN_BENCH_LATFILE") != NULL) {
+            w.dump = fopen(getenv("KILN_BENCH_LATFILE"), r == 0 ? "w" : "a");
+        }
+        w.issued = calloc(LAT_MAX, sizeof *w.issued);
+        w.lat[0] = calloc(LAT_MAX, sizeof *w.lat[0]);
+        w.lat[1] = calloc(LAT_MAX, sizeof *w.lat[1]);
+        if (w.issued == NULL || w.lat[0] == NULL || w.lat[1] == NULL) {
+            fprintf(stderr, "out of memory\n");
+            exit(1);
+        }
+        bn_run_load(clients, o.quick ? 2000 : 5000, write_next, write_done, &w,
+                    &ld);
         v[r] = (double)ld.ok / ld.elapsed_s;
         printf("  writes run %d: %llu ok, %llu failed in %.2f s\n", r,
                (unsigned long long)ld.ok, (unsigned long long)ld.failed,
                ld.elapsed_s);
+        /* Diagnostics: CPU per write of each agent (robust to a busy
+         * host, unlike the rate) and the host's load. */
+        getloadavg(loadavg, 1);
+        printf("    cpu us/write:");
+        for (int i = 0; i < 3; i++) {
+            printf(" n%d%s %.0f", i + 1, i == wl ? "(leader)" : "",
+                   ld.ok > 0
+                       ? (double)(cpu_us(c.a[i].pid) - cpu0[i]) / (double)ld.ok
+                       : 0.0);
+        }
+        printf("; loadavg %.2f\n", loadavg[0]);
+        st = wl >= 0 ? bn_status(&c, wl) : NULL;
+        if (st != NULL && idx0 >= 0 && ld.ok > 0) {
+            printf("    raft entries: %lld (%.2f writes/entry)\n",
+                   (long long)(bn_jint(st, "raft.last_applied") - idx0),
+                   (double)ld.ok /
+                       (double)(bn_jint(st, "raft.last_applied") - idx0));
+        }
+        json_decref(st);
+        for (int k = 1; k >= 0; k--) {
+            printf("    latency ms via %s (%d): p50 %.2f p90 %.2f p99 %.2f\n",
+                   k == 1 ? "leader  " : "follower", w.n_lat[k],
+                   bn_pct(w.lat[k], w.n_lat[k], 50),
+                   bn_pct(w.lat[k], w.n_lat[k], 90),
+                   bn_pct(w.lat[k], w.n_lat[k], 99));
+        }
+        if (w.dump != NULL) {
+            fclose(w.dump);
+        }
+        free(w.issued);
+        free(w.lat[0]);
+        free(w.lat[1]);
     }
     snprintf(note, sizeof note,
-             "median of %d runs, 16 clients, POST /v1/pipelines, %s s", runs,
-             o.quick ? "2" : "5");
+             "median of %d runs, %d clients, POST /v1/pipelines, %s s", runs,
+             clients, o.quick ? "2" : "5");
     bn_result("raft", "http_write_rate", bn_median(v, runs), "writes/s", note);
+    if (writes_only) {
+        bn_stop(&c);
+        return 0;
+    }
 
     /* (d) RSS with 10,000 pipelines */
     {
