@@ -23,6 +23,7 @@ void config_defaults(struct config *c)
     c->heartbeat_ms = 50;
     c->gossip_interval_ms = 500;
     c->segment_kib = 8192;
+    c->snapshot_entries = 4096;
 }
 
 int config_valid_name(const char *name)
@@ -164,7 +165,8 @@ int config_parse_agent(struct config *c, int argc, char **argv, char *errmsg)
                                           "--election-ms",
                                           "--heartbeat-ms",
                                           "--gossip-interval-ms",
-                                          "--segment-kib"};
+                                          "--segment-kib",
+                                          "--snapshot-entries"};
             size_t flen = strcspn(flag, "=");
             int found = 0;
             for (size_t k = 0; k < ARRAY_SIZE(known); k++) {
@@ -251,6 +253,9 @@ int config_parse_agent(struct config *c, int argc, char **argv, char *errmsg)
                                  errmsg);
         } else if (strcmp(flag, "--segment-kib") == 0) {
             rv = parse_uint_flag(flag, v, 64, 1048576, &c->segment_kib, errmsg);
+        } else if (strcmp(flag, "--snapshot-entries") == 0) {
+            rv = parse_uint_flag(flag, v, 64, 1000000, &c->snapshot_entries,
+                                 errmsg);
         } else {
             errmsg_printf(errmsg, "unknown flag '%.64s'", flag);
             return ERR_INVALID;

@@ -41,6 +41,7 @@ struct config
     unsigned heartbeat_ms;       /* raft heartbeat; default 100 */
     unsigned gossip_interval_ms; /* SWIM probe interval; default 500 */
     unsigned segment_kib;        /* raft open-segment size; default 8192 */
+    unsigned snapshot_entries;   /* raft snapshot threshold; default 4096 */
 };
 
 /* Fill defaults (CONTRACT.md). */

@@ -617,6 +617,8 @@ int node_start(struct node *n)
     rc.election_ms = n->cfg.election_ms;
     rc.heartbeat_ms = n->cfg.heartbeat_ms;
     rc.segment_kib = n->cfg.segment_kib;
+    rc.snapshot_threshold = n->cfg.snapshot_entries;
+    rc.snapshot_trailing = n->cfg.snapshot_entries;
     rc.forward = forward_cb;
     rc.on_applied = applied_cb;
     rc.on_role = role_cb;

@@ -1,6 +1,7 @@
 /* Multi-process tests on 127.0.0.1: gossip membership, Raft replication
  * and failover, the pipeline store, bad HTTP input. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -464,6 +465,27 @@ Test(cluster, thousand_writes_survive_a_leader_kill)
     cl_stop(&c, true);
 }
 
+/* Whether the agent's Raft dir holds a snapshot file. */
+static bool has_snapshot(const char *data_dir)
+{
+    char path[700];
+    DIR *d;
+    struct dirent *e;
+    bool found = false;
+    snprintf(path, sizeof path, "%s/raft", data_dir);
+    d = opendir(path);
+    if (d == NULL) {
+        return false;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "snapshot-", 9) == 0) {
+            found = true;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
 /* Every node restarts from its data dir after snapshots were taken (more
  * entries than the snapshot threshold): the state comes back from the
  * snapshot plus the log tail. */
@@ -472,8 +494,9 @@ Test(cluster, whole_cluster_restart_after_snapshots_keeps_everything)
     struct cl c;
     struct view_arg alive = {&c, NULL, "alive", -1};
     struct count_arg ca = {&c, 1200};
+    static const char *const snap[] = {"--snapshot-entries", "256", NULL};
 
-    cl_start(&c, 3, "restart");
+    cl_start_with(&c, 3, "restart", snap);
     cr_assert(th_wait(cl_all_see, &alive, 15000));
     cr_assert(th_wait(cl_same_leader, &c, 15000));
     for (int i = 0; i < 1200; i++) {
@@ -488,7 +511,10 @@ Test(cluster, whole_cluster_restart_after_snapshots_keeps_everything)
                      c.a[i].name);
     }
     for (int i = 0; i < 3; i++) {
-        cl_start_one(&c, i, i == 0 ? NULL : c.a[0].gossip_addr, 3);
+        cr_assert(has_snapshot(c.a[i].dir), "%s took no snapshot", c.a[i].name);
+    }
+    for (int i = 0; i < 3; i++) {
+        cl_start_one_with(&c, i, i == 0 ? NULL : c.a[0].gossip_addr, 3, snap);
     }
     cr_assert(th_wait(cl_same_leader, &c, 20000), "no leader after restart");
     cr_assert(th_wait(all_have_count, &ca, 20000),
