@@ -462,10 +462,12 @@ static void prune_seen(struct sched *s)
     } while (n == ARRAY_SIZE(keys));
 }
 
+/* Room left in this node's claim window. */
 static unsigned free_slots(const struct sched *s)
 {
     unsigned used = sched_running(s);
-    return used >= s->cfg.slots ? 0 : s->cfg.slots - used;
+    unsigned window = sched_window(s, s->cfg.slots);
+    return used >= window ? 0 : window - used;
 }
 
 static void peer_set_self(const struct sched *s, struct sched_peer *pe)
@@ -495,6 +497,7 @@ static void scan(struct sched *s)
         return;
     }
     sched__validate_runs(s);
+    sched__dispatch(s);
     if (sched_is_fenced(s) || !s->recovered || s->cfg.slots == 0) {
         return;
     }
@@ -561,7 +564,7 @@ static void scan(struct sched *s)
             const struct sched_peer *pe = &s->peers[k];
             bool self = pe->id == s->cfg.node_id;
             s->cands[k].id = pe->id;
-            s->cands[k].slots = pe->slots;
+            s->cands[k].slots = sched_window(s, pe->slots);
             s->cands[k].running = self ? sched_running(s) : pe->running;
             s->cands[k].eligible =
                 s->peer_ok[k] && (j->spec.n_tags == 0 || tags_match(j, pe));
@@ -661,6 +664,7 @@ void sched_config_defaults(struct sched_config *c)
     c->claim_step_ms = 50;
     c->claim_max_delay_ms = 1000;
     c->scan_ms = 100;
+    c->claim_ahead = SCHED_CLAIM_AHEAD_AUTO;
 }
 
 int sched_init(struct sched *s,
@@ -815,10 +819,26 @@ void sched_test_hold_renewals(struct sched *s, bool hold)
 
 unsigned sched_running(const struct sched *s)
 {
-    /* Attempts whose process still runs (or is about to), plus claims on
-     * their way: exited attempts waiting for their FINISH commit do not
-     * hold a slot. */
+    /* Attempts whose process still runs or waits for a slot, plus claims
+     * on their way: exited attempts waiting for their FINISH commit do not
+     * count. */
     return s->n_runs - s->n_exited + s->claims_inflight;
+}
+
+unsigned sched_window(const struct sched *s, unsigned slots)
+{
+    unsigned ahead = s->cfg.claim_ahead == SCHED_CLAIM_AHEAD_AUTO
+                         ? slots
+                         : s->cfg.claim_ahead;
+    if (slots == 0) {
+        return 0;
+    }
+    return slots + ahead < slots ? UINT_MAX : slots + ahead;
+}
+
+unsigned sched_processes(const struct sched *s)
+{
+    return s->n_runs - s->n_exited - s->n_waiting;
 }
 
 bool sched_is_fenced(const struct sched *s)
@@ -901,6 +921,24 @@ void sched_close(struct sched *s, sched_close_cb cb)
     map_close(&s->claims);
     map_init(&s->claims, MAP_U64);
     s->claims_inflight = 0;
+    /* Granted attempts still waiting for a slot never ran: release them at
+     * once (fire-and-forget) instead of after lease expiry. */
+    {
+        struct map_iter it;
+        uint64_t key;
+        void *v;
+        map_iter_init(&it, &s->runs);
+        while (map_iter_next(&it, NULL, &key, &v)) {
+            struct sched_run *r = v;
+            if (r->waiting && !r->stale) {
+                r->waiting = false;
+                s->n_waiting--;
+                r->stale = true;
+                sched__propose_finish(s, r->job, r->epoch, RSM_END_LOST, 0, 0,
+                                      NULL, true);
+            }
+        }
+    }
     uv_timer_stop(&s->scan_timer);
     uv_timer_stop(&s->renew_timer);
     uv_timer_stop(&s->expire_timer);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "bench/common.h"
+#include "util.h"
 
 extern char **environ;
 
@@ -98,6 +99,48 @@ static int64_t last_seq(struct bn *c)
     return v;
 }
 
+/* KILN_BENCH_STAGES=1: per-job stage times of the last n jobs from the
+ * replicated timestamps (FSM clock = leader wall time of the apply):
+ * created -> started (claim commit + spawn + START commit) and started ->
+ * finished (process + exit report + FINISH commit). */
+static void stages(struct bn *c, uint64_t n)
+{
+    int64_t last = last_seq(c);
+    double *q = calloc(n, sizeof *q);
+    double *r = calloc(n, sizeof *r);
+    int k = 0;
+    for (int64_t seq = last - (int64_t)n + 1;
+         seq <= last && q != NULL && r != NULL; seq++) {
+        char url[96];
+        json_t *j;
+        int64_t cr = 0;
+        int64_t st = 0;
+        int64_t fi = 0;
+        snprintf(url, sizeof url, "http://%s/v1/jobs/j%lld", c->a[0].api_addr,
+                 (long long)seq);
+        j = th_get_json(url);
+        if (j != NULL && json_is_string(json_object_get(j, "started_at")) &&
+            time_parse_ms(json_string_value(json_object_get(j, "created_at")),
+                          &cr) == 0 &&
+            time_parse_ms(json_string_value(json_object_get(j, "started_at")),
+                          &st) == 0 &&
+            time_parse_ms(json_string_value(json_object_get(j, "finished_at")),
+                          &fi) == 0) {
+            q[k] = (double)(st - cr);
+            r[k] = (double)(fi - st);
+            k++;
+        }
+        json_decref(j);
+    }
+    printf(
+        "  stages over %d jobs: created->started p50 %.0f p90 %.0f ms; "
+        "started->finished p50 %.0f p90 %.0f p99 %.0f ms\n",
+        k, bn_median(q, k), bn_pct(q, k, 90), bn_median(r, k), bn_pct(r, k, 90),
+        bn_pct(r, k, 99));
+    free(q);
+    free(r);
+}
+
 /* Submit n /bin/true jobs (16 in flight over all nodes) and wait until
  * they all finished; returns jobs/s from the first submit. */
 static double throughput(struct bn *c, uint64_t n, double *submit_rate)
@@ -121,6 +164,9 @@ static double throughput(struct bn *c, uint64_t n, double *submit_rate)
         "%.2f s\n",
         (unsigned long long)ld.ok, (unsigned long long)ld.failed, ld.elapsed_s,
         (double)(bn_mono_us() - t0) / 1e6);
+    if (getenv("KILN_BENCH_STAGES") != NULL) {
+        stages(c, ld.ok);
+    }
     return (double)ld.ok / ((double)(bn_mono_us() - t0) / 1e6);
 }
 
@@ -401,6 +447,7 @@ int main(int argc, char **argv)
     static const char *const lease1500[] = {"--lease-ms", "1500", NULL};
     char self[PATH_MAX];
     char *slash;
+    bool only_tp;
 
     bn_parse_args(argc, argv, &o);
     trials = o.trials > 0 ? o.trials : (o.quick ? 3 : 10);
@@ -430,6 +477,15 @@ int main(int argc, char **argv)
               "posix_spawn+waitpid /bin/true, 2 threads");
     bn_result("jobs", "throughput_vs_spawn", 100.0 * rate / spawn, "%", "");
 
+    /* KILN_BENCH_ONLY=throughput: the two throughput runs alone (quick
+     * iterations while tuning the job path) */
+    only_tp = getenv("KILN_BENCH_ONLY") != NULL &&
+              strcmp(getenv("KILN_BENCH_ONLY"), "throughput") == 0;
+    if (only_tp) {
+        bn_stop(&c);
+        goto slots16;
+    }
+
     /* (c) live tail latency */
     tail_latency(&c, o.quick ? 300 : 600);
 
@@ -452,23 +508,23 @@ int main(int argc, char **argv)
     /* (a') the same throughput with 16 slots per node: /bin/true spends
      * its slot waiting for three Raft commits (claim, start, finish), not
      * on a CPU, so concurrency above the CPU count is what such jobs get */
-    {
-        static const char *const slots16[] = {"--slots", "16", NULL};
-        double rate16;
-        if (!bn_start(&c, 3, "bench-jobs", slots16)) {
-            fprintf(stderr, "cluster did not form\n");
-            bn_stop(&c);
-            return 1;
-        }
-        spawn = spawn_rate(o.quick ? 300 : 1000);
-        rate16 = throughput(&c, n_jobs, &submit_rate);
-        bn_result("jobs", "throughput_slots16", rate16, "jobs/s",
-                  "--slots 16 on each of 3 nodes");
-        bn_result("jobs", "bare_spawn_rate_2", spawn, "spawn/s",
-                  "measured again beside it");
-        bn_result("jobs", "throughput_slots16_vs_spawn", 100.0 * rate16 / spawn,
-                  "%", "");
+slots16 : {
+    static const char *const slots16[] = {"--slots", "16", NULL};
+    double rate16;
+    if (!bn_start(&c, 3, "bench-jobs", slots16)) {
+        fprintf(stderr, "cluster did not form\n");
         bn_stop(&c);
+        return 1;
     }
+    spawn = spawn_rate(o.quick ? 300 : 1000);
+    rate16 = throughput(&c, n_jobs, &submit_rate);
+    bn_result("jobs", "throughput_slots16", rate16, "jobs/s",
+              "--slots 16 on each of 3 nodes");
+    bn_result("jobs", "bare_spawn_rate_2", spawn, "spawn/s",
+              "measured again beside it");
+    bn_result("jobs", "throughput_slots16_vs_spawn", 100.0 * rate16 / spawn,
+              "%", "");
+    bn_stop(&c);
+}
     return 0;
 }
