@@ -1,7 +1,7 @@
 /* The per-node executor/fence helper process: spawns, watches, kills and
  * reaps jobs for the agent, streams their output back, and kills every job
  * group when the fence deadline passes or the agent goes away
- * (docs/exec.md). Plain poll/fork/exec/waitpid, no libuv. */
+ * (docs/exec.md). Plain poll/clone/exec/waitpid, no libuv. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>

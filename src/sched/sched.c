@@ -492,6 +492,7 @@ static void scan(struct sched *s)
     uint64_t now = time_mono_ms();
     bool self_listed = false;
     bool may_claim;
+    bool complete = true;
 
     if (!s->started || s->closing) {
         return;
@@ -503,6 +504,13 @@ static void scan(struct sched *s)
     }
     me = rsm_fsm_member(f, s->cfg.node_id);
     may_claim = me != NULL && !me->draining && me->lease_until_ms >= now_wall;
+    if (!may_claim || free_slots(s) == 0) {
+        /* Nothing to claim: skip the walk (under a backlog it would rank
+         * up to 1000 jobs on every apply). First-seen times stay as they
+         * are; jobs that arrived meanwhile start their rank delay when
+         * this node has room again. */
+        return;
+    }
 
     /* Peers and their eligibility apart from tags, once per scan. */
     n_peers = s->cfg.peers(s->cfg.peers_ud, s->peers, SCHED_PEERS_MAX);
@@ -555,8 +563,11 @@ static void scan(struct sched *s)
             seen->first_ms = now;
         }
         seen->gen = s->scan_gen;
-        if (!may_claim || free_slots(s) == 0 || now < seen->hold_until ||
-            map_get_u64(&s->claims, j->seq) != NULL ||
+        if (free_slots(s) == 0) {
+            complete = false; /* the window is full: the rest can wait */
+            break;
+        }
+        if (now < seen->hold_until || map_get_u64(&s->claims, j->seq) != NULL ||
             sched__run_get(s, j->seq) != NULL) {
             continue;
         }
@@ -582,7 +593,12 @@ static void scan(struct sched *s)
         }
         propose_claim(s, j);
     }
-    prune_seen(s);
+    if (complete || (s->scan_gen & 63) == 0) {
+        /* A cut walk does not know what is gone: prune after full walks,
+         * and every 64th walk regardless (bounding the map under a long
+         * backlog; jobs beyond the cut then restart their rank delay). */
+        prune_seen(s);
+    }
 }
 
 static void idle_cb(uv_idle_t *h)

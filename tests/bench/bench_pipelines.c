@@ -199,6 +199,9 @@ static void phase(int count, int window_s, int kills, const char *tag)
     }
     printf("  %s: %d process starts for fires in a %d s window\n", tag, nf,
            window_s);
+    printf("  %s: lateness p1 %.1f p10 %.1f p50 %.1f p90 %.1f p99 %.1f ms\n",
+           tag, bn_pct(late, nl, 1), bn_pct(late, nl, 10), bn_median(late, nl),
+           bn_pct(late, nl, 90), bn_pct(late, nl, 99));
     snprintf(note, sizeof note,
              "%d pipelines @every 1s, %d s, %d leader kills, %d starts", count,
              window_s, kills, nf);
