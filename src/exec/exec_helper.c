@@ -594,11 +594,17 @@ static pid_t spawn_child(struct helper *h,
     pid_t pid;
     int err;
 
+#if defined(__SANITIZE_ADDRESS__)
+    /* AddressSanitizer does not know the clone stack (it warns into the
+     * job's stderr on _exit): sanitizer builds fork. */
+    h->child_stack = NULL;
+#else
     if (h->child_stack == NULL) {
         void *st = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
         h->child_stack = st == MAP_FAILED ? NULL : st;
     }
+#endif
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
     if (h->child_stack != NULL) {

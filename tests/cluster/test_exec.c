@@ -220,6 +220,9 @@ static int spawn(struct tctx *c,
             j = &c->jobs[c->n++];
         } else {
             c->done--; /* id reused after its previous run */
+            for (int k = 0; k < 3; k++) {
+                free(j->out[k]);
+            }
         }
         memset(j, 0, sizeof *j);
         snprintf(j->id, sizeof j->id, "%s", id);
