@@ -1,18 +1,20 @@
 /* The per-node executor/fence helper process: spawns, watches, kills and
  * reaps jobs for the agent, streams their output back, and kills every job
  * group when the fence deadline passes or the agent goes away
- * (docs/exec.md). Plain poll/fork/exec/waitpid, no libuv. */
+ * (docs/exec.md). Plain poll/clone/exec/waitpid, no libuv. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -31,6 +33,12 @@
 #endif
 
 #define HMOD "exec-helper"
+
+/* The spawned child runs on this stack until its execve (the helper is
+ * suspended meanwhile, so one stack serves every spawn). */
+#define CHILD_STACK_SIZE (256 * 1024)
+
+#define SPARE_DIRS_MAX 32 /* finished jobs' work dirs kept for reuse */
 
 struct hstream
 {
@@ -74,6 +82,13 @@ struct helper
     bool shutting_down;
     pid_t self;
     struct rlimit nofile; /* RLIMIT_NOFILE as inherited, for jobs */
+    /* Work directories of finished jobs, reused (renamed) for new jobs
+     * when still empty: creating a directory allocates an inode, which
+     * cost more CPU than a short job (docs/exec.md). */
+    char spare[SPARE_DIRS_MAX][EXEC_JOB_ID_SIZE];
+    unsigned n_spare;
+    void *child_stack; /* for clone(CLONE_VM | CLONE_VFORK); NULL:
+                          not mapped yet (or mapping failed: fork) */
     uint8_t scratch[EXEC__BATCH_MAX];
 };
 
@@ -368,6 +383,9 @@ static bool maybe_finish(struct helper *h, unsigned idx)
     LOGD(HMOD, "job %s pid %d over: %s code %d signal %d", j->job_id,
          (int)j->pid, exec_end_str(end), code, sig);
     send_exit(h, j->job_id, j->epoch, end, code, sig);
+    if (h->work_root[0] != '\0' && h->n_spare < SPARE_DIRS_MAX) {
+        str_copy(h->spare[h->n_spare++], EXEC_JOB_ID_SIZE, j->job_id);
+    }
     h->jobs[idx] = h->jobs[--h->n_jobs];
     free_job(j);
     return true;
@@ -466,7 +484,17 @@ static int exec_search(char **argv, char **env)
     return eacces ? EACCES : ENOENT;
 }
 
-/* In the forked child: become the job. Never returns. */
+/* errno text without locale lookups or allocation (the child shares the
+ * helper's memory until it execs). */
+static const char *errdesc(int err)
+{
+    const char *d = strerrordesc_np(err);
+    return d != NULL ? d : "unknown error";
+}
+
+/* In the child (sharing the helper's memory until execve, the helper
+ * suspended: only stack variables are written): become the job. Never
+ * returns. */
 static void child_run(struct helper *h,
                       const struct exec__msg *m,
                       const char *cwd,
@@ -498,7 +526,7 @@ static void child_run(struct helper *h,
     if (cwd[0] != '\0' && chdir(cwd) != 0) {
         err = errno;
         dprintf(2, "kiln: cannot enter work directory '%s': %s\n", cwd,
-                strerror(err));
+                errdesc(err));
         goto report;
     }
     setrlimit(RLIMIT_NOFILE, &h->nofile);
@@ -508,7 +536,7 @@ static void child_run(struct helper *h,
             if (setrlimit(res[i], &rl) != 0) {
                 err = errno;
                 dprintf(2, "kiln: cannot set rlimit %d: %s\n", res[i],
-                        strerror(err));
+                        errdesc(err));
                 goto report;
             }
         }
@@ -522,12 +550,76 @@ static void child_run(struct helper *h,
     }
     err = exec_search(m->argv, m->env);
 fail:
-    dprintf(2, "kiln: cannot execute '%s': %s\n", m->argv[0], strerror(err));
+    dprintf(2, "kiln: cannot execute '%s': %s\n", m->argv[0], errdesc(err));
 report:
     if (write(stw, &err, sizeof err) < 0) {
         /* nothing left to tell */
     }
     _exit(127);
+}
+
+struct child_args
+{
+    struct helper *h;
+    const struct exec__msg *m;
+    const char *cwd;
+    int outw;
+    int errw;
+    int stw;
+};
+
+static int child_entry_cb(void *arg)
+{
+    struct child_args *a = arg;
+    child_run(a->h, a->m, a->cwd, a->outw, a->errw, a->stw);
+    return 127; /* not reached */
+}
+
+/* Start the child like posix_spawn does: clone(CLONE_VM | CLONE_VFORK)
+ * on a separate stack, so no page tables are copied and no copy-on-write
+ * faults follow (fork of the helper cost more CPU than the job). Every
+ * signal is blocked around it: the child resets all dispositions (its
+ * handler table is its own copy) before it unblocks. Falls back to fork
+ * if the stack cannot be mapped. Returns the pid or -1 (errno set). */
+static pid_t spawn_child(struct helper *h,
+                         const struct exec__msg *m,
+                         const char *cwd,
+                         int outw,
+                         int errw,
+                         int stw)
+{
+    struct child_args a = {h, m, cwd, outw, errw, stw};
+    sigset_t all;
+    sigset_t old;
+    pid_t pid;
+    int err;
+
+#if defined(__SANITIZE_ADDRESS__)
+    /* AddressSanitizer does not know the clone stack (it warns into the
+     * job's stderr on _exit): sanitizer builds fork. */
+    h->child_stack = NULL;
+#else
+    if (h->child_stack == NULL) {
+        void *st = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        h->child_stack = st == MAP_FAILED ? NULL : st;
+    }
+#endif
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    if (h->child_stack != NULL) {
+        pid = clone(child_entry_cb, (char *)h->child_stack + CHILD_STACK_SIZE,
+                    CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    } else {
+        pid = fork();
+        if (pid == 0) {
+            child_run(h, m, cwd, outw, errw, stw);
+        }
+    }
+    err = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return pid;
 }
 
 /* A spawn that never ran: its reason goes to the job's stderr output, then
@@ -564,6 +656,55 @@ static void refuse_spawn(struct helper *h,
               0);
 }
 
+/* Whether the directory at path exists and has no entries. */
+static bool dir_is_empty(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    bool empty = true;
+    if (d == NULL) {
+        return false;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+            empty = false;
+            break;
+        }
+    }
+    closedir(d);
+    return empty;
+}
+
+/* Create the work directory cwd of job_id: rename an empty one left by a
+ * finished job if there is one, else mkdir -p. Returns 0 or -1 (errno). */
+static int make_work_dir(struct helper *h, const char *job_id, const char *cwd)
+{
+    char old[PATH_MAX];
+    /* Never hand this job's own directory (a retry) to anyone else. */
+    for (unsigned i = 0; i < h->n_spare; i++) {
+        if (strcmp(h->spare[i], job_id) == 0) {
+            h->spare[i][0] = '\0';
+        }
+    }
+    while (h->n_spare > 0) {
+        const char *id = h->spare[--h->n_spare];
+        int n;
+        if (id[0] == '\0') {
+            continue;
+        }
+        n = snprintf(old, sizeof old, "%s/%s", h->work_root, id);
+        if (n <= 0 || (size_t)n >= sizeof old || !dir_is_empty(old)) {
+            continue; /* gone or used again: not a spare any more */
+        }
+        if (rename(old, cwd) == 0) {
+            return 0;
+        }
+        h->n_spare++; /* cwd exists and is not empty (a retry): keep it */
+        break;
+    }
+    return fs_mkdir_p(cwd) == 0 ? 0 : -1;
+}
+
 static void handle_spawn(struct helper *h, const struct exec__msg *m)
 {
     char cwd[PATH_MAX] = "";
@@ -594,7 +735,8 @@ static void handle_spawn(struct helper *h, const struct exec__msg *m)
     }
     if (h->work_root[0] != '\0') {
         int n = snprintf(cwd, sizeof cwd, "%s/%s", h->work_root, m->job_id);
-        if (n < 0 || (size_t)n >= sizeof cwd || fs_mkdir_p(cwd) != 0) {
+        if (n < 0 || (size_t)n >= sizeof cwd ||
+            make_work_dir(h, m->job_id, cwd) != 0) {
             refuse_spawn(h, m, EXEC_SPAWN_FAILED,
                          "kiln: cannot create work directory '%s': %s", cwd,
                          strerror(errno));
@@ -621,13 +763,10 @@ static void handle_spawn(struct helper *h, const struct exec__msg *m)
         err = errno;
         goto fail;
     }
-    pid = fork();
+    pid = spawn_child(h, m, cwd, outp[1], errp[1], stp[1]);
     if (pid < 0) {
         err = errno;
         goto fail;
-    }
-    if (pid == 0) {
-        child_run(h, m, cwd, outp[1], errp[1], stp[1]);
     }
     /* Also from the parent, so the group exists before we can signal it. */
     setpgid(pid, pid);

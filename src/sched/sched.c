@@ -462,10 +462,12 @@ static void prune_seen(struct sched *s)
     } while (n == ARRAY_SIZE(keys));
 }
 
+/* Room left in this node's claim window. */
 static unsigned free_slots(const struct sched *s)
 {
     unsigned used = sched_running(s);
-    return used >= s->cfg.slots ? 0 : s->cfg.slots - used;
+    unsigned window = sched_window(s, s->cfg.slots);
+    return used >= window ? 0 : window - used;
 }
 
 static void peer_set_self(const struct sched *s, struct sched_peer *pe)
@@ -490,16 +492,25 @@ static void scan(struct sched *s)
     uint64_t now = time_mono_ms();
     bool self_listed = false;
     bool may_claim;
+    bool complete = true;
 
     if (!s->started || s->closing) {
         return;
     }
     sched__validate_runs(s);
+    sched__dispatch(s);
     if (sched_is_fenced(s) || !s->recovered || s->cfg.slots == 0) {
         return;
     }
     me = rsm_fsm_member(f, s->cfg.node_id);
     may_claim = me != NULL && !me->draining && me->lease_until_ms >= now_wall;
+    if (!may_claim || free_slots(s) == 0) {
+        /* Nothing to claim: skip the walk (under a backlog it would rank
+         * up to 1000 jobs on every apply). First-seen times stay as they
+         * are; jobs that arrived meanwhile start their rank delay when
+         * this node has room again. */
+        return;
+    }
 
     /* Peers and their eligibility apart from tags, once per scan. */
     n_peers = s->cfg.peers(s->cfg.peers_ud, s->peers, SCHED_PEERS_MAX);
@@ -552,8 +563,11 @@ static void scan(struct sched *s)
             seen->first_ms = now;
         }
         seen->gen = s->scan_gen;
-        if (!may_claim || free_slots(s) == 0 || now < seen->hold_until ||
-            map_get_u64(&s->claims, j->seq) != NULL ||
+        if (free_slots(s) == 0) {
+            complete = false; /* the window is full: the rest can wait */
+            break;
+        }
+        if (now < seen->hold_until || map_get_u64(&s->claims, j->seq) != NULL ||
             sched__run_get(s, j->seq) != NULL) {
             continue;
         }
@@ -561,7 +575,7 @@ static void scan(struct sched *s)
             const struct sched_peer *pe = &s->peers[k];
             bool self = pe->id == s->cfg.node_id;
             s->cands[k].id = pe->id;
-            s->cands[k].slots = pe->slots;
+            s->cands[k].slots = sched_window(s, pe->slots);
             s->cands[k].running = self ? sched_running(s) : pe->running;
             s->cands[k].eligible =
                 s->peer_ok[k] && (j->spec.n_tags == 0 || tags_match(j, pe));
@@ -579,7 +593,12 @@ static void scan(struct sched *s)
         }
         propose_claim(s, j);
     }
-    prune_seen(s);
+    if (complete || (s->scan_gen & 63) == 0) {
+        /* A cut walk does not know what is gone: prune after full walks,
+         * and every 64th walk regardless (bounding the map under a long
+         * backlog; jobs beyond the cut then restart their rank delay). */
+        prune_seen(s);
+    }
 }
 
 static void idle_cb(uv_idle_t *h)
@@ -661,6 +680,7 @@ void sched_config_defaults(struct sched_config *c)
     c->claim_step_ms = 50;
     c->claim_max_delay_ms = 1000;
     c->scan_ms = 100;
+    c->claim_ahead = SCHED_CLAIM_AHEAD_AUTO;
 }
 
 int sched_init(struct sched *s,
@@ -815,10 +835,26 @@ void sched_test_hold_renewals(struct sched *s, bool hold)
 
 unsigned sched_running(const struct sched *s)
 {
-    /* Attempts whose process still runs (or is about to), plus claims on
-     * their way: exited attempts waiting for their FINISH commit do not
-     * hold a slot. */
+    /* Attempts whose process still runs or waits for a slot, plus claims
+     * on their way: exited attempts waiting for their FINISH commit do not
+     * count. */
     return s->n_runs - s->n_exited + s->claims_inflight;
+}
+
+unsigned sched_window(const struct sched *s, unsigned slots)
+{
+    unsigned ahead = s->cfg.claim_ahead == SCHED_CLAIM_AHEAD_AUTO
+                         ? slots
+                         : s->cfg.claim_ahead;
+    if (slots == 0) {
+        return 0;
+    }
+    return slots + ahead < slots ? UINT_MAX : slots + ahead;
+}
+
+unsigned sched_processes(const struct sched *s)
+{
+    return s->n_runs - s->n_exited - s->n_waiting;
 }
 
 bool sched_is_fenced(const struct sched *s)
@@ -901,6 +937,24 @@ void sched_close(struct sched *s, sched_close_cb cb)
     map_close(&s->claims);
     map_init(&s->claims, MAP_U64);
     s->claims_inflight = 0;
+    /* Granted attempts still waiting for a slot never ran: release them at
+     * once (fire-and-forget) instead of after lease expiry. */
+    {
+        struct map_iter it;
+        uint64_t key;
+        void *v;
+        map_iter_init(&it, &s->runs);
+        while (map_iter_next(&it, NULL, &key, &v)) {
+            struct sched_run *r = v;
+            if (r->waiting && !r->stale) {
+                r->waiting = false;
+                s->n_waiting--;
+                r->stale = true;
+                sched__propose_finish(s, r->job, r->epoch, RSM_END_LOST, 0, 0,
+                                      NULL, true);
+            }
+        }
+    }
     uv_timer_stop(&s->scan_timer);
     uv_timer_stop(&s->renew_timer);
     uv_timer_stop(&s->expire_timer);

@@ -21,6 +21,7 @@
 #define SCHED_OUTPUT_CHUNK (64 * 1024) /* raw bytes per chunk */
 #define SCHED_OUTPUT_QUEUE_MAX (8 * 1024 * 1024) /* queued raw bytes/job */
 #define SCHED_RENEW_INFLIGHT_MAX 8
+#define SCHED_CLAIM_AHEAD_AUTO UINT_MAX /* claim_ahead = slots */
 
 /* A node as the gossip layer sees it (node.c fills these). */
 struct sched_peer
@@ -64,11 +65,16 @@ struct sched_config
     char work_root[PATH_MAX];    /* <data_dir>/work */
     char helper_path[PATH_MAX];  /* "" = /proc/self/exe (exec default) */
     unsigned grace_ms;           /* TERM -> KILL grace; 0 = exec default */
+    unsigned claim_ahead;        /* granted jobs that may wait for a slot
+                                    (claimed while all slots run, started
+                                    the moment one frees); default
+                                    SCHED_CLAIM_AHEAD_AUTO = slots */
     sched_peers_fn peers;        /* required */
     void *peers_ud;
 };
 
-/* Fill c with the defaults above (slots 4, no tags, no peers fn). */
+/* Fill c with the defaults above (slots 4, claim_ahead auto, no tags, no
+ * peers fn). */
 void sched_config_defaults(struct sched_config *c);
 
 struct sched;
@@ -106,9 +112,10 @@ struct sched
     uint64_t last_recovery;  /* mono ms of the last recovery pass */
 
     /* Local attempts, keyed by job seq. */
-    struct map runs;   /* u64 job seq -> struct sched_run */
-    unsigned n_runs;   /* == map_count(&runs) */
-    unsigned n_exited; /* of which the process has exited */
+    struct map runs;    /* u64 job seq -> struct sched_run */
+    unsigned n_runs;    /* == map_count(&runs) */
+    unsigned n_exited;  /* of which the process has exited */
+    unsigned n_waiting; /* of which granted, waiting for a slot */
     unsigned claims_inflight;
     struct map claims;     /* u64 job seq -> struct sched_prop (claim) */
     struct map first_seen; /* u64 job seq -> struct sched_seen */
@@ -154,9 +161,20 @@ void sched_on_applied(struct sched *s,
                       const struct rsm_cmd *cmd,
                       const struct rsm_result *res);
 
-/* Local attempts whose finish is not yet committed, plus claims in
- * flight: the load published through gossip. */
+/* Local attempts whose process runs or waits for a slot (granted, not yet
+ * spawned), plus claims in flight: the load published through gossip.
+ * Attempts whose process exited and whose FINISH is on its way do not
+ * count. At most sched_window(slots) (claims stop there). */
 unsigned sched_running(const struct sched *s);
+
+/* The claim window of a node with `slots` slots and this node's
+ * claim_ahead setting: how many jobs it holds at most (running + granted
+ * and waiting + claims in flight). Ranking uses it as every node's
+ * capacity. */
+unsigned sched_window(const struct sched *s, unsigned slots);
+
+/* Processes running on this node now (at most slots). */
+unsigned sched_processes(const struct sched *s);
 
 /* True if this node may not start jobs now: no renewal committed within
  * lease - margin, or the executor reported the fence. */

@@ -58,6 +58,7 @@ struct sched_run
     uint64_t epoch;
     uint32_t attempt;
     char job_id[RSM_JOB_ID_MAX];
+    bool waiting;     /* granted, waiting for a free slot to spawn */
     bool spawned;     /* exec accepted it: one exit callback pending */
     bool exited;      /* exit seen (or never spawned) */
     bool stale;       /* the FSM moved on: propose nothing more */
@@ -108,6 +109,10 @@ struct sched_run *sched__run_get(const struct sched *s, uint64_t job);
 /* Remove and free a run (its queue too). */
 void sched__run_exited(struct sched *s, struct sched_run *r);
 void sched__run_free(struct sched *s, struct sched_run *r);
+
+/* Spawn granted attempts waiting for a slot while slots are free (and the
+ * node is not fenced), oldest job first. */
+void sched__dispatch(struct sched *s);
 
 /* Compare every local attempt with the FSM: kill stale ones (and never
  * propose for them again), honour cancel requests. */

@@ -52,6 +52,18 @@ void sched__run_exited(struct sched *s, struct sched_run *r)
     }
 }
 
+/* The attempt leaves the queue of granted jobs waiting for a slot
+ * (spawned, or over without a process). */
+static void run_leave_waiting(struct sched *s, struct sched_run *r)
+{
+    if (r->waiting) {
+        r->waiting = false;
+        if (map_get_u64(&s->runs, r->job) == r) {
+            s->n_waiting--;
+        }
+    }
+}
+
 void sched__run_free(struct sched *s, struct sched_run *r)
 {
     if (map_get_u64(&s->runs, r->job) == r) {
@@ -60,10 +72,15 @@ void sched__run_free(struct sched *s, struct sched_run *r)
         if (r->exited) {
             s->n_exited--;
         }
+        if (r->waiting) {
+            s->n_waiting--;
+        }
     }
     run_drop_queue(r);
     free(r);
 }
+
+static void maybe_finish(struct sched *s, struct sched_run *r);
 
 /* Free the run once nothing more can happen to it. */
 static void run_maybe_free(struct sched *s, struct sched_run *r)
@@ -86,6 +103,7 @@ static void run_make_stale(struct sched *s,
         return;
     }
     r->stale = true;
+    run_leave_waiting(s, r);
     run_drop_queue(r);
     if (r->spawned && !r->exited && !r->kill_sent) {
         LOGW(MOD, "%s epoch %" PRIu64 ": %s; killing", r->job_id, r->epoch,
@@ -107,6 +125,17 @@ static void run_validate(struct sched *s, struct sched_run *r)
     if (j == NULL || j->epoch != r->epoch || j->node != s->cfg.node_id ||
         (j->state != RSM_JOB_CLAIMED && j->state != RSM_JOB_RUNNING)) {
         run_make_stale(s, r, "no longer held by this node at this epoch");
+        return;
+    }
+    if (j->cancel_requested && r->waiting) {
+        /* Cancelled before it got a slot: over without a process. */
+        LOGI(MOD, "%s: cancelled while waiting for a slot", r->job_id);
+        run_leave_waiting(s, r);
+        sched__run_exited(s, r);
+        r->end = RSM_END_CANCELLED;
+        r->exit_code = 0;
+        r->signal = 0;
+        maybe_finish(s, r);
         return;
     }
     if (j->cancel_requested && r->spawned && !r->exited && !r->kill_sent) {
@@ -301,8 +330,6 @@ static void enqueue_output(struct sched_run *r,
         len -= n;
     }
 }
-
-static void maybe_finish(struct sched *s, struct sched_run *r);
 
 void sched__pump_output(struct sched *s, struct sched_run *r)
 {
@@ -626,14 +653,98 @@ static int build_env(struct envb *e, const struct rsm_job *j, uint64_t epoch)
     return rv;
 }
 
-/* The claim granted this node the job at epoch: start it. */
-static void start_run(struct sched *s, const struct rsm_job *j, uint64_t epoch)
+/* Spawn the granted attempt r (not waiting any more), re-reading its job:
+ * the grant may have been overtaken while it waited for a slot. */
+static void spawn_run(struct sched *s, struct sched_run *r)
 {
-    struct sched_run *r;
+    const struct rsm_job *j = rsm_fsm_job(sched__fsm(s), r->job);
     struct exec_spec spec;
     struct envb env;
     char reason[ERRMSG_SIZE];
     int rv;
+
+    run_leave_waiting(s, r);
+    if (j == NULL || j->epoch != r->epoch || j->node != s->cfg.node_id ||
+        j->state != RSM_JOB_CLAIMED) {
+        run_make_stale(s, r, "overtaken before it started");
+        return;
+    }
+    if (j->cancel_requested) {
+        sched__run_exited(s, r);
+        r->end = RSM_END_CANCELLED;
+        r->exit_code = 0;
+        r->signal = 0;
+        maybe_finish(s, r);
+        return;
+    }
+    rv = build_env(&env, j, r->epoch);
+    if (rv == 0) {
+        memset(&spec, 0, sizeof spec);
+        str_copy(spec.job_id, sizeof spec.job_id, r->job_id);
+        spec.epoch = r->epoch;
+        spec.argv = j->spec.argv.v;
+        spec.env = env.v;
+        spec.timeout_s = j->spec.timeout_s;
+        rv = exec_spawn(&s->exec, &spec);
+        envb_free(&env);
+        if (rv != 0) {
+            snprintf(reason, sizeof reason, "kiln: cannot start job: %s\n",
+                     rv == ERR_BUSY ? "node is fenced" : err_str(rv));
+        }
+    } else {
+        snprintf(reason, sizeof reason, "kiln: cannot build environment: %s\n",
+                 err_str(rv));
+    }
+    if (rv != 0) {
+        LOGW(MOD, "%s epoch %" PRIu64 ": %s", r->job_id, r->epoch, reason);
+        sched__run_exited(s, r);
+        r->end = rv == ERR_BUSY ? RSM_END_FENCED : RSM_END_SPAWN_FAILED;
+        r->exit_code = 127;
+        r->signal = 0;
+        enqueue_output(r, RSM_STREAM_KILN, reason, strlen(reason));
+        maybe_finish(s, r);
+        return;
+    }
+    r->spawned = true;
+    LOGD(MOD, "%s attempt %" PRIu32 " epoch %" PRIu64 " started", r->job_id,
+         r->attempt, r->epoch);
+    propose_start(s, r);
+}
+
+static bool slot_free(const struct sched *s)
+{
+    return sched_processes(s) < s->cfg.slots && !sched_is_fenced(s) &&
+           !s->closing;
+}
+
+void sched__dispatch(struct sched *s)
+{
+    while (s->n_waiting > 0 && slot_free(s)) {
+        struct sched_run *oldest = NULL;
+        struct map_iter it;
+        uint64_t key;
+        void *v;
+        map_iter_init(&it, &s->runs);
+        while (map_iter_next(&it, NULL, &key, &v)) {
+            struct sched_run *r = v;
+            if (r->waiting && (oldest == NULL || r->job < oldest->job)) {
+                oldest = r;
+            }
+        }
+        if (oldest == NULL) {
+            LOGE(MOD, "%u waiting attempts counted, none found", s->n_waiting);
+            s->n_waiting = 0;
+            return;
+        }
+        spawn_run(s, oldest);
+    }
+}
+
+/* The claim granted this node the job at epoch: record the attempt and
+ * start it now if a slot is free, else when one frees (claim-ahead). */
+static void start_run(struct sched *s, const struct rsm_job *j, uint64_t epoch)
+{
+    struct sched_run *r;
 
     r = calloc(1, sizeof *r);
     if (r == NULL) {
@@ -654,39 +765,16 @@ static void start_run(struct sched *s, const struct rsm_job *j, uint64_t epoch)
         return;
     }
     s->n_runs++;
-
-    rv = build_env(&env, j, epoch);
-    if (rv == 0) {
-        memset(&spec, 0, sizeof spec);
-        str_copy(spec.job_id, sizeof spec.job_id, r->job_id);
-        spec.epoch = epoch;
-        spec.argv = j->spec.argv.v;
-        spec.env = env.v;
-        spec.timeout_s = j->spec.timeout_s;
-        rv = exec_spawn(&s->exec, &spec);
-        envb_free(&env);
-        if (rv != 0) {
-            snprintf(reason, sizeof reason, "kiln: cannot start job: %s\n",
-                     rv == ERR_BUSY ? "node is fenced" : err_str(rv));
-        }
+    r->waiting = true;
+    s->n_waiting++;
+    if (slot_free(s) || sched_is_fenced(s)) {
+        /* Fenced: spawn now, so exec refuses it and the attempt ends as
+         * fenced at once, as without claim-ahead. */
+        spawn_run(s, r);
     } else {
-        snprintf(reason, sizeof reason, "kiln: cannot build environment: %s\n",
-                 err_str(rv));
+        LOGD(MOD, "%s epoch %" PRIu64 ": granted; waiting for a slot",
+             r->job_id, epoch);
     }
-    if (rv != 0) {
-        LOGW(MOD, "%s epoch %" PRIu64 ": %s", r->job_id, epoch, reason);
-        sched__run_exited(s, r);
-        r->end = rv == ERR_BUSY ? RSM_END_FENCED : RSM_END_SPAWN_FAILED;
-        r->exit_code = 127;
-        r->signal = 0;
-        enqueue_output(r, RSM_STREAM_KILN, reason, strlen(reason));
-        maybe_finish(s, r);
-        return;
-    }
-    r->spawned = true;
-    LOGD(MOD, "%s attempt %" PRIu32 " epoch %" PRIu64 " started", r->job_id,
-         r->attempt, epoch);
-    propose_start(s, r);
 }
 
 /* A JOB_CLAIM applied that granted this node the job. */
@@ -833,7 +921,8 @@ void sched__exec_exit_cb(struct exec *x,
     }
     if (r->stale) {
         run_maybe_free(s, r);
-        return;
+    } else {
+        maybe_finish(s, r);
     }
-    maybe_finish(s, r);
+    sched__dispatch(s);
 }

@@ -220,6 +220,9 @@ static int spawn(struct tctx *c,
             j = &c->jobs[c->n++];
         } else {
             c->done--; /* id reused after its previous run */
+            for (int k = 0; k < 3; k++) {
+                free(j->out[k]);
+            }
         }
         memset(j, 0, sizeof *j);
         snprintf(j->id, sizeof j->id, "%s", id);
@@ -787,5 +790,44 @@ Test(exec, late_fence_extension_does_not_restart_spawns)
     cr_assert_eq(tjob_find(&c, "late")->res.end, EXEC_FENCED, "end %s",
                  exec_end_str(tjob_find(&c, "late")->res.end));
     cr_assert(access(path, F_OK) != 0, "the late spawn ran");
+    ctx_teardown(&c);
+}
+
+/* A finished job's empty work directory is renamed for the next job (no
+ * new inode); one with files in it is kept; a retry of the same job id
+ * keeps its own directory. */
+Test(exec, empty_work_dirs_are_reused)
+{
+    struct tctx c;
+    char path[1200];
+    struct stat st;
+    ino_t ino;
+    ctx_setup(&c, 500, 0);
+    cr_assert(spawn_sh(&c, "first", 0, "true") == 0);
+    wait_job(&c, "first", 5000);
+    snprintf(path, sizeof path, "%s/work/first", c.dir);
+    cr_assert_eq(stat(path, &st), 0);
+    ino = st.st_ino;
+    cr_assert(spawn_sh(&c, "second", 0, "pwd; echo data > kept.txt") == 0);
+    wait_job(&c, "second", 5000);
+    cr_assert(stat(path, &st) != 0, "the empty dir was not reused");
+    snprintf(path, sizeof path, "%s/work/second", c.dir);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_ino, ino, "second did not get first's directory");
+    snprintf(path, sizeof path, "%s/work/second\n", c.dir);
+    cr_assert_str_eq(tjob_find(&c, "second")->out[1], path);
+
+    /* second's dir holds a file: never handed on */
+    cr_assert(spawn_sh(&c, "third", 0, "ls") == 0);
+    wait_job(&c, "third", 5000);
+    snprintf(path, sizeof path, "%s/work/second/kept.txt", c.dir);
+    cr_assert_eq(stat(path, &st), 0, "second's file is gone");
+    cr_assert_null(tjob_find(&c, "third")->out[1], "third saw: %s",
+                   tjob_find(&c, "third")->out[1]);
+
+    /* a retry of "second" runs in its own directory with its file */
+    cr_assert(spawn_sh(&c, "second", 0, "cat kept.txt") == 0);
+    wait_job(&c, "second", 5000);
+    cr_assert_str_eq(tjob_find(&c, "second")->out[1], "data\n");
     ctx_teardown(&c);
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "lib/harness.h"
@@ -32,6 +33,7 @@ static uint16_t port;
 
 /* Knobs a test may change before start(). */
 static unsigned lease_ms = 3000;
+static unsigned slots = 8;
 static unsigned margin_ms = 500;
 /* Report every grant to this node twice, as rsm does when a claim applies
  * again under the same idempotency key (a forward retried after its answer
@@ -87,7 +89,7 @@ static unsigned peers_fn(void *ud, struct sched_peer *out, unsigned max)
     }
     memset(&out[0], 0, sizeof out[0]);
     out[0].id = SELF;
-    out[0].slots = 8;
+    out[0].slots = slots;
     out[0].running = sched_running(&sched);
     out[0].alive = true;
     return 1;
@@ -196,7 +198,7 @@ static void start(void)
     sched_config_defaults(&sc);
     sc.node_id = SELF;
     str_copy(sc.node_name, sizeof sc.node_name, "n1");
-    sc.slots = 8;
+    sc.slots = slots;
     sc.lease_ms = lease_ms;
     sc.fence_margin_ms = margin_ms;
     sc.grace_ms = 300;
@@ -675,4 +677,81 @@ Test(sched_loop, duplicate_grant_does_not_end_the_running_attempt)
     free(out);
     stop();
     dup_grants = false;
+}
+
+static bool never(void *arg)
+{
+    (void)arg;
+    return false;
+}
+
+static bool job_claimed(void *arg)
+{
+    const struct rsm_job *j = job(*(uint64_t *)arg);
+    return j != NULL && j->state == RSM_JOB_CLAIMED;
+}
+
+/* Claim-ahead: with one slot busy a second job is claimed and waits (no
+ * process, no START); cancelling it there ends it without a process; the
+ * next one is claimed in its place and starts the moment the slot frees. */
+Test(sched_loop, claim_ahead_waits_for_a_slot)
+{
+    const struct rsm_job *j;
+    struct rsm_cmd cmd;
+    uint64_t a;
+    uint64_t b;
+    uint64_t c;
+    char pidfile[600];
+    char bfile[600];
+    char script[2048];
+    pid_t pid;
+
+    slots = 1;
+    start();
+    snprintf(pidfile, sizeof pidfile, "%s/pid", root);
+    snprintf(bfile, sizeof bfile, "%s/b-ran", root);
+    snprintf(script, sizeof script,
+             "echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 30", pidfile, pidfile,
+             pidfile);
+    a = submit(script, NULL);
+    cr_assert(run_until(file_exists, pidfile, 10000), "A never started");
+    pid = read_pid(pidfile);
+
+    snprintf(script, sizeof script, "touch %s", bfile);
+    b = submit(script, NULL);
+    c = submit("echo c", NULL);
+    cr_assert(run_until(job_claimed, &b, 5000), "B was not claimed ahead");
+    /* Give a wrong spawn time to show up, then check nothing ran. */
+    run_until(never, NULL, 300);
+    j = job(b);
+    cr_assert_eq(j->state, RSM_JOB_CLAIMED, "B %s",
+                 rsm_job_state_name(j->state));
+    cr_assert_eq(j->started_ms, 0, "B started while the slot was busy");
+    cr_assert(access(bfile, F_OK) != 0, "B's process ran");
+    cr_assert_eq(job(c)->state, RSM_JOB_PENDING, "C claimed past the window");
+    cr_assert_eq(sched_processes(&sched), 1);
+    cr_assert_eq(sched_running(&sched), 2);
+
+    rsm_cmd_init(&cmd, RSM_CMD_JOB_CANCEL);
+    cmd.u.job_cancel.job = b;
+    propose_wait(&cmd);
+    j = wait_finished(b, 10000);
+    cr_assert_eq(j->state, RSM_JOB_CANCELLED, "B %s",
+                 rsm_job_state_name(j->state));
+    cr_assert_eq(j->started_ms, 0);
+    cr_assert(run_until(job_claimed, &c, 5000), "C not claimed in B's place");
+    cr_assert_eq(sched_processes(&sched), 1);
+
+    rsm_cmd_init(&cmd, RSM_CMD_JOB_CANCEL);
+    cmd.u.job_cancel.job = a;
+    propose_wait(&cmd);
+    cr_assert_eq(wait_finished(a, 10000)->state, RSM_JOB_CANCELLED);
+    j = wait_finished(c, 10000);
+    cr_assert_eq(j->state, RSM_JOB_SUCCEEDED, "C %s",
+                 rsm_job_state_name(j->state));
+    cr_assert(access(bfile, F_OK) != 0, "B's process ran");
+    cr_assert(run_until(pid_gone, &pid, 5000));
+    cr_assert_eq(sched_running(&sched), 0);
+    slots = 8;
+    stop();
 }
