@@ -16,10 +16,9 @@ void config_defaults(struct config *c)
     addr_parse("127.0.0.1:7070", &c->api, NULL);
     addr_parse("127.0.0.1:7071", &c->raft, NULL);
     addr_parse("127.0.0.1:7072", &c->gossip, NULL);
-    /* Slots bound concurrent processes, not CPUs: ETL jobs mostly wait on
-     * I/O and every job also waits for its commits, so 4 per CPU (at
-     * least 4; docs/sched.md "Slots"). */
-    c->slots = ncpu > 1 ? 4 * (unsigned)ncpu : 4;
+    /* CONTRACT.md: slots default to the number of CPUs (docs/sched.md
+     * "Slots" on raising it for I/O-bound work). */
+    c->slots = ncpu > 0 ? (unsigned)ncpu : 1;
     c->log_level = LOG_INFO;
     c->lease_ms = 3000;
     c->election_ms = 500;

@@ -16,9 +16,10 @@
 #define BUDDY_PING_MS 200       /* re-ping period of a member we suspect */
 #define SELF_BOOST 2            /* retransmit factor for news about ourselves */
 #define RECENT_MS 2000          /* spent news still piggybacked on pings/acks */
-#define RECONNECT_PERIODS 4     /* reconnect attempt every 4 probe periods */
-#define RECONNECT_WINDOW_MS (10 * 60 * 1000) /* ... to members dead < 10 min \
-                                              */
+/* A reconnect push-pull every RECONNECT_PERIODS probe periods, with a
+ * member dead for less than RECONNECT_WINDOW_MS. */
+#define RECONNECT_WINDOW_MS (10 * 60 * 1000)
+#define RECONNECT_PERIODS 4
 #define SPENT_PER_PACKET 2 /* at most this many of them per packet */
 #define LOSS_GAIN 10       /* suspicion stretch per unit of loss rate */
 #define UNKNOWN_PP_MS 1000 /* min gap of push-pulls with unknown senders */
