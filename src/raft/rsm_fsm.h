@@ -98,7 +98,10 @@ struct rsm_kv
 #define RSM_JOBS_MAX_AGE_MS (7LL * 24 * 60 * 60 * 1000)
 
 #define RSM_RETRY_BACKOFF_CAP_S 3600 /* cap of the exponential backoff */
-#define RSM_JOB_ID_MAX 24            /* buffer size for "j<N>" */
+/* Attempts a job may get beyond retries.max when they end lost (its node
+ * died or fenced): a node failure reruns the job even with retries 0. */
+#define RSM_LOST_EXTRA_ATTEMPTS 3
+#define RSM_JOB_ID_MAX 24 /* buffer size for "j<N>" */
 
 enum rsm_job_state {
     RSM_JOB_PENDING = 0,

@@ -541,16 +541,22 @@ static int64_t retry_delay_ms(const struct rsm_job *j, uint32_t attempt)
 }
 
 /* The end of an attempt that did not succeed: cancelled if requested,
- * retry if attempts are left, else failed. backoff = false for lost
- * attempts (pending at once). Room in jobs_finished was reserved. */
-static void attempt_failed(struct rsm_fsm *f, struct rsm__job *r, bool backoff)
+ * retry if attempts are left, else failed. lost = the attempt ended with
+ * its node (lease expiry, the holder's fence, or a restart that found it
+ * orphaned), not by the job's own doing: it runs again at once, without
+ * backoff and even beyond `retries` (up to RSM_LOST_EXTRA_ATTEMPTS more
+ * attempts, so that a job that keeps killing its nodes still ends); it
+ * counts as an attempt. Room in jobs_finished was reserved. */
+static void attempt_failed(struct rsm_fsm *f, struct rsm__job *r, bool lost)
 {
     struct rsm_job *j = &r->job;
+    uint64_t budget =
+        (uint64_t)j->spec.retries_max + (lost ? RSM_LOST_EXTRA_ATTEMPTS : 0);
     if (j->cancel_requested) {
         to_terminal(f, r, RSM_JOB_CANCELLED);
-    } else if (j->attempt <= j->spec.retries_max && j->attempt < UINT32_MAX) {
+    } else if (j->attempt <= budget && j->attempt < UINT32_MAX) {
         j->node = 0;
-        if (backoff) {
+        if (!lost) {
             j->state = RSM_JOB_RETRY_WAIT;
             j->not_before_ms = f->clock + retry_delay_ms(j, j->attempt);
         } else {
@@ -590,7 +596,8 @@ static int apply_finish(struct rsm_fsm *f,
     if (j->end == RSM_END_EXITED && j->exit_code == 0) {
         to_terminal(f, r, RSM_JOB_SUCCEEDED);
     } else {
-        attempt_failed(f, r, true);
+        attempt_failed(f, r,
+                       j->end == RSM_END_LOST || j->end == RSM_END_FENCED);
     }
     res->value = j->state;
     return 0;
@@ -707,7 +714,7 @@ static int apply_expire(struct rsm_fsm *f,
         r->job.end = RSM_END_LOST;
         r->job.exit_code = 0;
         r->job.signal = 0;
-        attempt_failed(f, r, false);
+        attempt_failed(f, r, true);
     }
     res->value = n;
     return 0;

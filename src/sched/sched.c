@@ -16,9 +16,9 @@
 
 #define MOD "sched"
 
-#define EXPIRE_TICK_MS 250 /* leader expiry checks */
-#define EXPIRED_MAX 1024   /* remembered (node, lease_until) expiries */
-#define CLAIM_HOLD_MS 250  /* after a rejected claim of a job */
+#define EXPIRE_TICK_MS 50 /* leader expiry checks (O(members), cheap) */
+#define EXPIRED_MAX 1024  /* remembered (node, lease_until) expiries */
+#define CLAIM_HOLD_MS 250 /* after a rejected claim of a job */
 
 struct sched_seen
 {

@@ -521,8 +521,29 @@ Test(rsm_jobs, finish_outcomes_and_backoff)
     /* j4: retries 0: the first failure is final. */
     OK(t_apply(&t, now, mk_submit(0, 10)));
     OK(t_apply(&t, now, mk_claim(4, 1, 1)));
-    OK(t_apply(&t, now, mk_finish(4, 1, RSM_END_FENCED, 0)));
+    OK(t_apply(&t, now, mk_finish(4, 1, RSM_END_EXITED, 2)));
     cr_assert_eq(rsm_fsm_job(t.f, 4)->state, RSM_JOB_FAILED);
+    /* j5: retries 0, but attempts that end with their node (fenced) run
+     * again at once, RSM_LOST_EXTRA_ATTEMPTS times, then the job fails. */
+    OK(t_apply(&t, now, mk_submit(0, 10)));
+    for (unsigned a = 1; a <= RSM_LOST_EXTRA_ATTEMPTS + 1; a++) {
+        OK(t_apply(&t, now, mk_claim(5, 1, a)));
+        OK(t_apply(&t, now, mk_finish(5, a, RSM_END_FENCED, 0)));
+        j = rsm_fsm_job(t.f, 5);
+        cr_assert_eq(j->attempt, a <= RSM_LOST_EXTRA_ATTEMPTS ? a + 1 : a);
+        cr_assert_eq(j->state, a <= RSM_LOST_EXTRA_ATTEMPTS ? RSM_JOB_PENDING
+                                                            : RSM_JOB_FAILED);
+        cr_assert_eq(j->not_before_ms, 0);
+    }
+    /* j6: retries 1: a lost attempt counts, so a failure after it is
+     * final. */
+    OK(t_apply(&t, now, mk_submit(1, 10)));
+    OK(t_apply(&t, now, mk_claim(6, 1, 1)));
+    OK(t_apply(&t, now, mk_finish(6, 1, RSM_END_LOST, 0)));
+    cr_assert_eq(rsm_fsm_job(t.f, 6)->state, RSM_JOB_PENDING);
+    OK(t_apply(&t, now, mk_claim(6, 1, 2)));
+    OK(t_apply(&t, now, mk_finish(6, 2, RSM_END_EXITED, 1)));
+    cr_assert_eq(rsm_fsm_job(t.f, 6)->state, RSM_JOB_FAILED);
     t_fini(&t);
 }
 
@@ -626,8 +647,10 @@ Test(rsm_jobs, renew_and_expire)
     cr_assert_eq(j->end, RSM_END_LOST);
     cr_assert_eq(j->node, 0);
     cr_assert_eq(j->epoch, 1);
+    /* retries 0, but the node died, not the job: it runs again */
     j = rsm_fsm_job(t.f, 2);
-    cr_assert_eq(j->state, RSM_JOB_FAILED);
+    cr_assert_eq(j->state, RSM_JOB_PENDING);
+    cr_assert_eq(j->attempt, 2);
     cr_assert_eq(j->end, RSM_END_LOST);
     cr_assert_eq(rsm_fsm_jobs_of_node(t.f, 1, list, 4), 0);
     cr_assert_eq(rsm_fsm_job(t.f, 3)->state, RSM_JOB_CLAIMED); /* node 2 */
