@@ -48,6 +48,8 @@ struct fire
     int pipeline;
     int64_t sched_ms;
     int64_t start_us;
+    char run[32]; /* KILN_RUN_ID: a second start of the same run is a
+                   * re-run attempt (its node died), not a duplicate fire */
 };
 
 static int cmp_fire(const void *a, const void *b)
@@ -91,6 +93,7 @@ static void phase(int count, int window_s, int kills, const char *tag)
     int nl = 0;
     int missed = 0;
     int dups = 0;
+    int reruns = 0;
     char line[256];
     char note[200];
     char metric[64];
@@ -149,12 +152,14 @@ static void phase(int count, int window_s, int kills, const char *tag)
     while (f != NULL && fgets(line, sizeof line, f) != NULL && nf < cap) {
         char name[64];
         char ts[64];
+        char run[32] = "-";
         long long ns;
         int64_t ms;
-        if (sscanf(line, "p%63s %63s %lld", name, ts, &ns) != 3 ||
+        if (sscanf(line, "p%63s %63s %lld %31s", name, ts, &ns, run) < 3 ||
             time_parse_ms(ts, &ms) != 0) {
             continue;
         }
+        snprintf(fires[nf].run, sizeof fires[nf].run, "%s", run);
         if (ms < w0 || ms >= w1) {
             continue;
         }
@@ -171,15 +176,22 @@ static void phase(int count, int window_s, int kills, const char *tag)
     for (int pi = 0; pi < count; pi++) {
         int64_t first = -1;
         int64_t prev = -1;
+        const char *prev_run = "-";
         int seen = 0;
         for (int i = 0; i < nf; i++) {
             if (fires[i].pipeline != pi) {
                 continue;
             }
             if (prev >= 0 && fires[i].sched_ms == prev) {
-                dups++;
+                if (strcmp(fires[i].run, prev_run) == 0 &&
+                    strcmp(prev_run, "-") != 0) {
+                    reruns++;
+                } else {
+                    dups++;
+                }
                 continue;
             }
+            prev_run = fires[i].run;
             if (prev >= 0 && fires[i].sched_ms - prev > 1500) {
                 missed += (int)((fires[i].sched_ms - prev + 500) / 1000) - 1;
             }
@@ -212,7 +224,11 @@ static void phase(int count, int window_s, int kills, const char *tag)
     snprintf(metric, sizeof metric, "%s_missed", tag);
     bn_result("pipelines", metric, missed, "fires", "");
     snprintf(metric, sizeof metric, "%s_duplicates", tag);
-    bn_result("pipelines", metric, dups, "fires", "");
+    bn_result("pipelines", metric, dups, "fires",
+              "two runs for one scheduled time");
+    snprintf(metric, sizeof metric, "%s_reruns", tag);
+    bn_result("pipelines", metric, reruns, "attempts",
+              "a run's job started again after its node was killed");
     free(fires);
     free(late);
     bn_stop(&c);

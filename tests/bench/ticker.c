@@ -1,7 +1,8 @@
 /* Benchmark helper. bench_ticker DELAY_MS INTERVAL_MS N: after an initial
  * delay, print "T <CLOCK_REALTIME ns>" every interval, N times.
  * bench_ticker stamp FILE: append "<KILN_PIPELINE> <KILN_SCHEDULED_TIME>
- * <CLOCK_REALTIME ns>" to FILE (one O_APPEND write) and exit. */
+ * <CLOCK_REALTIME ns> <KILN_RUN_ID>" to FILE (one O_APPEND write) and
+ * exit. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,12 +23,14 @@ static int stamp(const char *path)
     char line[256];
     const char *p = getenv("KILN_PIPELINE");
     const char *t = getenv("KILN_SCHEDULED_TIME");
+    const char *r = getenv("KILN_RUN_ID");
     int fd;
     int len;
     clock_gettime(CLOCK_REALTIME, &ts);
-    len = snprintf(line, sizeof line, "%s %s %lld\n", p != NULL ? p : "-",
+    len = snprintf(line, sizeof line, "%s %s %lld %s\n", p != NULL ? p : "-",
                    t != NULL && t[0] != '\0' ? t : "-",
-                   (long long)ts.tv_sec * 1000000000LL + (long long)ts.tv_nsec);
+                   (long long)ts.tv_sec * 1000000000LL + (long long)ts.tv_nsec,
+                   r != NULL && r[0] != '\0' ? r : "-");
     fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
     if (fd < 0 || len <= 0 || write(fd, line, (size_t)len) != len) {
         return 1;
