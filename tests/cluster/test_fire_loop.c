@@ -1,6 +1,9 @@
 /* The firing loop on a real single-node rsm (raft_uv on 127.0.0.1) and a
  * uv loop: schedules fire once per tick, on time, and catch up per policy
- * after a gap in which nobody fired. */
+ * after a gap in which nobody fired (suite fire_loop); the dirty-set
+ * passes: pipeline writes do not walk the pipeline table, schedules added,
+ * changed, paused and removed by updates are picked up, and many pipelines
+ * with different periods fire from the wake-up heap (suite fire_dirty). */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 #include "util.h"
 
 TestSuite(fire_loop, .timeout = 60);
+TestSuite(fire_dirty, .timeout = 60);
 
 static uv_loop_t loop;
 static char root[512];
@@ -326,4 +330,171 @@ Test(fire_loop, catchup_after_gap, .init = setup, .fini = teardown)
               "none: only the current (on-time) tick runs");
     cr_assert_geq(fire.skipped, 1);
     cr_assert_eq(fire.rejected, 0);
+}
+
+/* --- dirty-set passes ----------------------------------------------- */
+
+/* Propose `n` unscheduled pipelines <prefix>-<i> in one go and wait. */
+static void create_plain_many(const char *prefix, unsigned n)
+{
+    struct outcome *o = calloc(n, sizeof *o);
+    cr_assert_not_null(o);
+    for (unsigned i = 0; i < n; i++) {
+        struct rsm_cmd cmd;
+        char name[48];
+        snprintf(name, sizeof name, "%s-%u", prefix, i);
+        cl_cmd_pipeline(&cmd, name);
+        cr_assert_eq(rsm_propose(node, &cmd, proposed_cb, &o[i]), 0);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        cr_assert(run_until(outcome_fired, &o[i], 5000), "create %u", i);
+        cr_assert_eq(o[i].rv, 0, "%s", err_str(o[i].rv));
+        cr_assert_eq(o[i].res.code, 0, "%s", o[i].res.message);
+    }
+    free(o);
+}
+
+/* Overwrite pipeline name with the given schedule and pause flag. */
+static void update_pipeline(const char *name, const char *schedule, bool paused)
+{
+    struct rsm_cmd create;
+    struct rsm_cmd cmd;
+    struct outcome o;
+    memset(&o, 0, sizeof o);
+    cl_cmd_pipeline(&create, name);
+    rsm_cmd_init(&cmd, RSM_CMD_PIPELINE_UPDATE);
+    cmd.u.pipeline_update.spec = create.u.pipeline_create; /* steal */
+    memset(&create.u.pipeline_create, 0, sizeof create.u.pipeline_create);
+    rsm_cmd_clear(&create);
+    str_copy(cmd.u.pipeline_update.spec.schedule,
+             sizeof cmd.u.pipeline_update.spec.schedule, schedule);
+    cmd.u.pipeline_update.spec.paused = paused;
+    cr_assert_eq(rsm_propose(node, &cmd, proposed_cb, &o), 0);
+    cr_assert(run_until(outcome_fired, &o, 5000), "update %s", name);
+    cr_assert_eq(o.rv, 0, "%s", err_str(o.rv));
+    cr_assert_eq(o.res.code, 0, "%s", o.res.message);
+}
+
+static void delete_pipeline(const char *name)
+{
+    struct rsm_cmd cmd;
+    struct outcome o;
+    memset(&o, 0, sizeof o);
+    rsm_cmd_init(&cmd, RSM_CMD_PIPELINE_DELETE);
+    str_copy(cmd.u.pipeline_delete.name, sizeof cmd.u.pipeline_delete.name,
+             name);
+    cr_assert_eq(rsm_propose(node, &cmd, proposed_cb, &o), 0);
+    cr_assert(run_until(outcome_fired, &o, 5000), "delete %s", name);
+    cr_assert_eq(o.rv, 0, "%s", err_str(o.rv));
+    cr_assert_eq(o.res.code, 0, "%s", o.res.message);
+}
+
+static bool applied_at_least(void *arg)
+{
+    return fire.applied >= *(uint64_t *)arg;
+}
+
+static unsigned n_runs(const char *name)
+{
+    const struct rsm_run *runs[64];
+    return runs_of(name, runs);
+}
+
+/* Writes of unscheduled pipelines neither walk the table (one full scan
+ * per leadership) nor leave state behind; the scheduled one keeps firing. */
+Test(fire_dirty, writes_do_not_scan, .init = setup, .fini = teardown)
+{
+    uint64_t want = 1;
+    uint64_t planned0;
+    uint64_t applied0;
+
+    create_plain_many("a", 300);
+    create_pipeline("tick", "@every 1s", 0, false);
+    start_fire();
+    cr_assert(run_until(applied_at_least, &want, 3000), "tick never fired");
+    cr_assert_eq(fire.scans, 1);
+    cr_assert_eq(map_count(&fire.pipes), 1, "only scheduled ones are kept");
+    planned0 = fire.planned;
+    applied0 = fire.applied;
+
+    create_plain_many("b", 300);
+    cr_assert_eq(fire.scans, 1, "a pipeline write walked the table");
+    cr_assert_eq(map_count(&fire.pipes), 1);
+    /* Only tick's own re-plans (one per fire, plus its timer). */
+    cr_assert_leq(fire.planned - planned0, 2 * (fire.applied - applied0) + 4,
+                  "planned %llu pipelines for %llu fires",
+                  (unsigned long long)(fire.planned - planned0),
+                  (unsigned long long)(fire.applied - applied0));
+    want = fire.applied + 1;
+    cr_assert(run_until(applied_at_least, &want, 3000), "tick stopped");
+    cr_assert_eq(fire.rejected, 0);
+    cr_assert_eq(fire.failed, 0);
+}
+
+/* A schedule added, paused, removed by updates, and a scheduled pipeline
+ * deleted: picked up without a full scan, forgotten when unscheduled. */
+Test(fire_dirty, schedule_changes_by_update, .init = setup, .fini = teardown)
+{
+    unsigned n;
+
+    create_pipeline("p", "", 0, false);
+    create_pipeline("q", "@every 1s", 0, false);
+    start_fire();
+    run_for(300);
+    cr_assert_eq(map_count(&fire.pipes), 1);
+    cr_assert_eq(n_runs("p"), 0);
+
+    update_pipeline("p", "@every 1s", false);
+    run_for(2300);
+    cr_assert_geq(n_runs("p"), 1, "an added schedule did not fire");
+    cr_assert_eq(map_count(&fire.pipes), 2);
+
+    update_pipeline("p", "@every 1s", true); /* paused: kept, silent */
+    run_for(100);
+    n = n_runs("p");
+    run_for(1500);
+    cr_assert_eq(n_runs("p"), n, "a paused pipeline fired");
+    cr_assert_eq(map_count(&fire.pipes), 2);
+
+    update_pipeline("p", "", false); /* no schedule: forgotten */
+    delete_pipeline("q");            /* deleted: forgotten */
+    run_for(300);
+    cr_assert_eq(map_count(&fire.pipes), 0);
+    run_for(1200);
+    cr_assert_eq(n_runs("p"), n, "an unscheduled pipeline fired");
+    cr_assert_eq(fire.scans, 1);
+    cr_assert_eq(fire.failed, 0);
+}
+
+/* Many pipelines with different periods fire from the wake-up heap, each
+ * on its own ticks. */
+Test(fire_dirty, many_periods, .init = setup, .fini = teardown)
+{
+    char name[32];
+
+    for (unsigned i = 0; i < 40; i++) {
+        snprintf(name, sizeof name, "s1-%u", i);
+        create_pipeline(name, "@every 1s", 0, false);
+    }
+    for (unsigned i = 0; i < 10; i++) {
+        snprintf(name, sizeof name, "s2-%u", i);
+        create_pipeline(name, "@every 2s", 0, false);
+    }
+    start_fire();
+    run_for(4300);
+    for (unsigned i = 0; i < 40; i++) {
+        unsigned n;
+        snprintf(name, sizeof name, "s1-%u", i);
+        n = n_runs(name);
+        cr_assert(n >= 3 && n <= 5, "%s: %u runs in 4.3 s", name, n);
+    }
+    for (unsigned i = 0; i < 10; i++) {
+        unsigned n;
+        snprintf(name, sizeof name, "s2-%u", i);
+        n = n_runs(name);
+        cr_assert(n >= 1 && n <= 3, "%s: %u runs in 4.3 s", name, n);
+    }
+    cr_assert_eq(fire.rejected, 0);
+    cr_assert_eq(fire.failed, 0);
+    cr_assert_eq(fire.scans, 1);
 }
