@@ -83,7 +83,7 @@ struct rsm_config
     rsm_role_cb on_role;         /* optional */
     void *ud;
     unsigned digest_entries;   /* leader proposes a DIGEST after this many
-                                  applied entries; default 1024 */
+                                  applied entries; default 4096 */
     unsigned digest_period_ms; /* ... or after this long if any entry
                                   applied meanwhile; default 60000 */
 };

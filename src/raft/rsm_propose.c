@@ -220,14 +220,21 @@ static void carrier_cb(struct raft_apply *req, int status, void *result)
     unsigned off = 0;
 
     r->inflight--;
+    /* Every part's results first: a completion callback must not be able
+     * to overwrite the adapter's results before a later part copied its
+     * slice. */
+    if (status == 0) {
+        for (unsigned i = 0; i < c->n_parts; i++) {
+            copy_results(c->parts[i], result, off, req->index);
+            off += c->parts[i]->n;
+        }
+    }
     for (unsigned i = 0; i < c->n_parts; i++) {
         struct rsm__group *g = c->parts[i];
         if (status != 0) {
             part_failed(g, status);
             continue;
         }
-        copy_results(g, result, off, req->index);
-        off += g->n;
         if (g->kind == RSM__GROUP_REMOTE && req->index > r->push_index) {
             r->push_index = req->index;
         }
@@ -701,7 +708,7 @@ static void flush_leader(struct rsm *r)
 
         if (r->inflight >= RSM__MAX_INFLIGHT) {
             rq_fail(r, ERR_BUSY); /* the followers retry */
-            break;                /* local ones wait for the next flush */
+            break; /* local ones: started below, they retry with backoff */
         }
         while (r->rq_head != NULL && total + r->rq_head->n <= RSM__MAX_BATCH &&
                (n_parts == 0 || len + r->rq_head->fwd_len <= limit)) {
@@ -728,13 +735,17 @@ static void flush_leader(struct rsm *r)
         if (n_parts == 0) {
             continue;
         }
-        rv = carrier_apply(r, parts, n_parts);
+        /* start_sized above may have taken the last in-flight slot */
+        rv = r->inflight >= RSM__MAX_INFLIGHT
+                 ? ERR_BUSY
+                 : carrier_apply(r, parts, n_parts);
         if (rv == 0) {
             continue;
         }
         for (unsigned i = 0; i < n_parts; i++) {
             struct rsm__group *g = parts[i];
-            if (rv == ERR_NOTLEADER && g->kind == RSM__GROUP_LOCAL) {
+            if ((rv == ERR_NOTLEADER || rv == ERR_BUSY) &&
+                g->kind == RSM__GROUP_LOCAL) {
                 schedule_retry(g, false);
             } else {
                 group_fail(g, rv);
@@ -906,6 +917,17 @@ int rsm_propose_encoded(struct rsm *r,
     if (n > RSM__MAX_BATCH) {
         rsm_cmds_free(cmds, n);
         return ERR_TOOBIG;
+    }
+    /* A digest carries the proposing leader's own record: only this node,
+     * as leader, may propose one. A forwarded one (a former leader's,
+     * retried after it lost leadership, or forged) is refused, so that it
+     * can never make the replicas flag themselves diverged. */
+    for (unsigned i = 0; i < n; i++) {
+        if (cmds[i].type == RSM_CMD_DIGEST) {
+            LOGW(MOD, "forwarded batch rejected: it carries a digest");
+            rsm_cmds_free(cmds, n);
+            return ERR_INVALID;
+        }
     }
     g = group_new(r, n == 0 ? RSM__GROUP_RBARRIER : RSM__GROUP_REMOTE, n);
     if (g == NULL) {
