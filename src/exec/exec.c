@@ -464,6 +464,11 @@ static int helper_spawn(struct exec *x, char *errmsg)
 
 /* ---- public API ---- */
 
+bool exec_ready(const struct exec *x)
+{
+    return x->state == EXEC__S_RUNNING && !x->pipe_eof && x->helper_pid != 0;
+}
+
 int exec_init(struct exec *x,
               uv_loop_t *loop,
               const struct exec_config *cfg,

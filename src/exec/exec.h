@@ -174,6 +174,10 @@ bool exec_is_fenced(const struct exec *x);
 /* Number of jobs accepted and not yet reported by on_exit. */
 unsigned exec_running(const struct exec *x);
 
+/* Whether the helper is up and a spawn can be sent now (false while it is
+ * being restarted after dying, and once closing). */
+bool exec_ready(const struct exec *x);
+
 /* Shut down: the helper kills every job group (SIGTERM, grace, SIGKILL;
  * reported as EXEC_CANCELLED), exits, and every handle is closed; cb runs
  * after the last uv_close. x may be freed in cb. */

@@ -204,17 +204,25 @@ static void renew_done(struct sched *s,
  * agent died): report it lost. */
 static void recover(struct sched *s)
 {
-    const struct rsm_job *jobs[256];
+    const struct rsm_job *few[64];
+    const struct rsm_job **jobs = few;
     unsigned n;
     unsigned i;
     const struct sched_prop *p;
 
     s->recovered = true;
     s->last_recovery = time_mono_ms();
-    n = rsm_fsm_jobs_of_node(sched__fsm(s), s->cfg.node_id, jobs,
-                             ARRAY_SIZE(jobs));
-    if (n > ARRAY_SIZE(jobs)) {
-        n = ARRAY_SIZE(jobs); /* the rest next time */
+    n = rsm_fsm_jobs_of_node(sched__fsm(s), s->cfg.node_id, few,
+                             ARRAY_SIZE(few));
+    if (n > ARRAY_SIZE(few)) {
+        /* Every held job, however many: a fixed prefix would leave the
+         * same orphans unrecovered on every pass. */
+        jobs = malloc(n * sizeof *jobs);
+        if (jobs == NULL) {
+            LOGW(MOD, "out of memory in recovery; next pass retries");
+            return;
+        }
+        n = rsm_fsm_jobs_of_node(sched__fsm(s), s->cfg.node_id, jobs, n);
     }
     for (i = 0; i < n; i++) {
         const struct rsm_job *j = jobs[i];
@@ -243,6 +251,9 @@ static void recover(struct sched *s)
              j->seq, j->epoch);
         sched__propose_finish(s, j->seq, j->epoch, RSM_END_LOST, 0, 0, NULL,
                               false);
+    }
+    if (jobs != few) {
+        free(jobs);
     }
 }
 

@@ -189,9 +189,12 @@ int fire_plan(const struct rsm_pipeline *p,
 struct fire_pipe
 {
     char name[RSM_NAME_MAX + 1];
-    uint64_t version;             /* of the cached expression; 0 = none */
-    bool has_expr;                /* schedule parsed on this node */
-    struct cron_expr expr;        /* valid when has_expr */
+    uint64_t version; /* of the cached expression; 0 = none */
+    char schedule[RSM_SCHEDULE_MAX + 1]; /* ... and its source: a pipeline */
+    char timezone[RSM_TZ_MAX + 1];       /* deleted and created again has
+                                          * version 1 again */
+    bool has_expr;                       /* schedule parsed on this node */
+    struct cron_expr expr;               /* valid when has_expr */
     bool inflight;                /* a FIRE batch is proposed, not answered */
     bool queued;                  /* on the dirty list */
     struct fire_pipe *next_dirty; /* dirty list link */
@@ -352,15 +355,21 @@ static void pipe_drop(struct fire *f, struct fire_pipe *pp)
     free(pp);
 }
 
-/* Refresh the cached expression when the pipeline's version changed. */
+/* Refresh the cached expression when the pipeline's version, schedule
+ * or time zone changed (a pipeline deleted and created again under the
+ * same name before a pass starts at version 1 again). */
 static void pipe_refresh(struct fire_pipe *pp, const struct rsm_pipeline *p)
 {
     char errmsg[ERRMSG_SIZE] = "";
 
-    if (pp->version == p->version) {
+    if (pp->version == p->version &&
+        strcmp(pp->schedule, p->spec.schedule) == 0 &&
+        strcmp(pp->timezone, p->spec.timezone) == 0) {
         return;
     }
     pp->version = p->version;
+    str_copy(pp->schedule, sizeof pp->schedule, p->spec.schedule);
+    str_copy(pp->timezone, sizeof pp->timezone, p->spec.timezone);
     pp->has_expr = false;
     if (p->spec.schedule[0] == '\0') {
         return;

@@ -147,26 +147,37 @@ static void run_validate(struct sched *s, struct sched_run *r)
 
 void sched__validate_runs(struct sched *s)
 {
-    struct sched_run *list[256];
+    size_t cap = map_count(&s->runs);
+    uint64_t *keys;
     struct map_iter it;
     uint64_t key;
     void *v;
-    unsigned n;
+    size_t n = 0;
 
-    /* Collect first: validation may free runs (modifying the map). */
-    do {
-        n = 0;
-        map_iter_init(&it, &s->runs);
-        while (n < ARRAY_SIZE(list) && map_iter_next(&it, NULL, &key, &v)) {
-            struct sched_run *r = v;
-            if (!r->stale) {
-                list[n++] = r;
-            }
+    if (cap == 0) {
+        return;
+    }
+    /* Collect the keys first: validation may free runs (modifying the
+     * map). Every run is visited once, however many a node holds. */
+    keys = malloc(cap * sizeof *keys);
+    if (keys == NULL) {
+        LOGW(MOD, "out of memory validating runs; next apply retries");
+        return;
+    }
+    map_iter_init(&it, &s->runs);
+    while (n < cap && map_iter_next(&it, NULL, &key, &v)) {
+        const struct sched_run *r = v;
+        if (!r->stale) {
+            keys[n++] = key;
         }
-        for (unsigned i = 0; i < n; i++) {
-            run_validate(s, list[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct sched_run *r = map_get_u64(&s->runs, keys[i]);
+        if (r != NULL && !r->stale) {
+            run_validate(s, r);
         }
-    } while (n == ARRAY_SIZE(list));
+    }
+    free(keys);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -711,10 +722,13 @@ static void spawn_run(struct sched *s, struct sched_run *r)
     propose_start(s, r);
 }
 
+/* A granted job may start now. Not while the executor helper is being
+ * restarted: the job keeps waiting (a spawn would fail it as
+ * spawn_failed); the scan timer dispatches once the helper is back. */
 static bool slot_free(const struct sched *s)
 {
     return sched_processes(s) < s->cfg.slots && !sched_is_fenced(s) &&
-           !s->closing;
+           !s->closing && exec_ready(&s->exec);
 }
 
 void sched__dispatch(struct sched *s)

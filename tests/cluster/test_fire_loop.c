@@ -498,3 +498,34 @@ Test(fire_dirty, many_periods, .init = setup, .fini = teardown)
     cr_assert_eq(fire.failed, 0);
     cr_assert_eq(fire.scans, 1);
 }
+
+/* A pipeline deleted and created again under the same name before a pass
+ * (both at version 1) fires on its new schedule, not the old one. */
+Test(fire_dirty,
+     recreated_pipeline_fires_on_its_new_schedule,
+     .init = setup,
+     .fini = teardown)
+{
+    struct rsm_cmd del, add;
+    struct outcome o1, o2;
+    create_pipeline("p", "0 0 1 1 *", 0, false);
+    start_fire();
+    run_for(300);
+    memset(&o1, 0, sizeof o1);
+    memset(&o2, 0, sizeof o2);
+    rsm_cmd_init(&del, RSM_CMD_PIPELINE_DELETE);
+    str_copy(del.u.pipeline_delete.name, sizeof del.u.pipeline_delete.name,
+             "p");
+    cl_cmd_pipeline(&add, "p");
+    str_copy(add.u.pipeline_create.schedule,
+             sizeof add.u.pipeline_create.schedule, "@every 1s");
+    cr_assert_eq(rsm_propose(node, &del, proposed_cb, &o1), 0);
+    cr_assert_eq(rsm_propose(node, &add, proposed_cb, &o2), 0);
+    cr_assert(run_until(outcome_fired, &o2, 5000));
+    cr_assert_eq(o1.res.code, 0, "%s", o1.res.message);
+    cr_assert_eq(o2.res.code, 0, "%s", o2.res.message);
+    cr_assert_eq(rsm_fsm_pipeline(rsm_state(node), "p")->version, 1);
+    run_for(3300);
+    cr_assert_geq(n_runs("p"), 2, "the re-created pipeline fired %u times",
+                  n_runs("p"));
+}

@@ -789,3 +789,82 @@ Test(sched_loop, claim_ahead_waits_for_a_slot)
     slots = 8;
     stop();
 }
+
+static bool held_at_least(void *arg)
+{
+    return sched_running(&sched) >= *(unsigned *)arg;
+}
+
+/* A node holding more than 256 jobs (running + granted and waiting): the
+ * per-apply validation visits each once and the loop keeps serving (it
+ * used to restart over the same first 256 forever, inside the apply
+ * callback: renewals stopped and the fence killed everything). */
+Test(sched_loop, over_256_held_jobs_keep_the_loop_serving)
+{
+    unsigned want = 260;
+    uint64_t t0;
+    slots = 140; /* window 280 */
+    start();
+    for (unsigned i = 0; i < 300; i++) {
+        submit("exec sleep 30", NULL);
+    }
+    cr_assert(run_until(held_at_least, &want, 30000),
+              "the window never held %u jobs (%u)", want,
+              sched_running(&sched));
+    /* two lease periods: renewals must keep committing */
+    t0 = th_now_ms();
+    run_until(never, NULL, 2 * lease_ms);
+    cr_assert_geq(th_now_ms() - t0, 2 * lease_ms - 100);
+    cr_assert(!sched_fenced(NULL), "the node fenced itself: the loop stalled");
+    slots = 8;
+    stop();
+}
+
+/* The executor helper dies while a granted job waits for a slot: the
+ * waiting job stays waiting and runs once the helper is back (it used to
+ * be spawned into the dead helper and end spawn_failed); the running one
+ * is lost and runs again. */
+Test(sched_loop, helper_death_leaves_waiting_jobs_waiting)
+{
+    uint64_t a, b;
+    char pidfile[600];
+    char script[2048];
+    const struct rsm_job *j;
+
+    slots = 1;
+    start();
+    snprintf(pidfile, sizeof pidfile, "%s/pid", root);
+    snprintf(script, sizeof script,
+             "echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 30", pidfile, pidfile,
+             pidfile);
+    a = submit(script, NULL);
+    cr_assert(run_until(file_exists, pidfile, 10000), "A never started");
+    b = submit("echo b", NULL);
+    cr_assert(run_until(job_claimed, &b, 5000), "B was not claimed ahead");
+    cr_assert_gt(sched.exec.helper_pid, 0);
+    cr_assert_eq(kill(sched.exec.helper_pid, SIGKILL), 0);
+    /* A's attempt is lost and A runs again (retries 0: node failure);
+     * B, queued behind it, must not have been failed meanwhile */
+    {
+        struct attempt_arg again = {a, 2, RSM_JOB_RUNNING};
+        cr_assert(run_until(job_at, &again, 15000), "A never ran again");
+    }
+    j = job(b);
+    cr_assert(j->state == RSM_JOB_CLAIMED || j->state == RSM_JOB_RUNNING ||
+                  j->state == RSM_JOB_SUCCEEDED,
+              "B: %s end %s", rsm_job_state_name(j->state),
+              rsm_job_end_name(j->end));
+    {
+        struct rsm_cmd cmd;
+        rsm_cmd_init(&cmd, RSM_CMD_JOB_CANCEL);
+        cmd.u.job_cancel.job = a;
+        propose_wait(&cmd);
+    }
+    j = wait_finished(b, 15000);
+    cr_assert_eq(j->state, RSM_JOB_SUCCEEDED, "B: %s end %s attempt %u",
+                 rsm_job_state_name(j->state), rsm_job_end_name(j->end),
+                 j->attempt);
+    cr_assert_eq(j->attempt, 1);
+    slots = 8;
+    stop();
+}
