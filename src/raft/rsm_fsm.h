@@ -131,6 +131,7 @@ enum rsm_job_end {
     RSM_END_LOST,         /* lease expired (NODE_EXPIRE) */
     RSM_END_SPAWN_FAILED, /* never started */
     RSM_END_FENCED,       /* killed by the node's own fence */
+    RSM_END_RELEASED,     /* handed back by its holder before it started */
     RSM_END__COUNT
 };
 

@@ -23,8 +23,8 @@ static const char *const state_names[RSM_JOB__STATES] = {
     "paused",  "succeeded", "failed",  "cancelled"};
 
 static const char *const end_names[RSM_END__COUNT] = {
-    "none",      "exited", "signaled",     "timeout",
-    "cancelled", "lost",   "spawn_failed", "fenced"};
+    "none", "exited",       "signaled", "timeout", "cancelled",
+    "lost", "spawn_failed", "fenced",   "released"};
 
 const char *rsm_job_state_name(unsigned state)
 {
@@ -595,9 +595,20 @@ static int apply_finish(struct rsm_fsm *f,
     j->signal = c->u.job_finish.signal;
     if (j->end == RSM_END_EXITED && j->exit_code == 0) {
         to_terminal(f, r, RSM_JOB_SUCCEEDED);
+    } else if (j->end == RSM_END_RELEASED && j->state == RSM_JOB_CLAIMED &&
+               !j->cancel_requested) {
+        /* Its holder hands back a grant it never started (shutdown, or an
+         * older attempt still dying there): pending again at once, and not
+         * an attempt, so that a rolling restart cannot use up a job's
+         * retries before it ever ran. An attempt that STARTed and is then
+         * "released" counts as lost (below). */
+        j->state = RSM_JOB_PENDING;
+        j->node = 0;
+        j->not_before_ms = 0;
     } else {
         attempt_failed(f, r,
-                       j->end == RSM_END_LOST || j->end == RSM_END_FENCED);
+                       j->end == RSM_END_LOST || j->end == RSM_END_FENCED ||
+                           j->end == RSM_END_RELEASED);
     }
     res->value = j->state;
     return 0;

@@ -961,8 +961,8 @@ void sched_close(struct sched *s, sched_close_cb cb)
                 r->waiting = false;
                 s->n_waiting--;
                 r->stale = true;
-                sched__propose_finish(s, r->job, r->epoch, RSM_END_LOST, 0, 0,
-                                      NULL, true);
+                sched__propose_finish(s, r->job, r->epoch, RSM_END_RELEASED, 0,
+                                      0, NULL, true);
             }
         }
     }

@@ -813,7 +813,8 @@ void sched__on_grant(struct sched *s,
         return;
     }
     if (s->closing || !s->started) {
-        sched__propose_finish(s, seq, epoch, RSM_END_LOST, 0, 0, NULL, true);
+        sched__propose_finish(s, seq, epoch, RSM_END_RELEASED, 0, 0, NULL,
+                              true);
         return;
     }
     r = sched__run_get(s, seq);

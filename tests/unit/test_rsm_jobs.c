@@ -1188,3 +1188,34 @@ Test(rsm_jobs, invalid_job_snapshots_refused)
         rsm_fsm_destroy(g);
     }
 }
+
+/* A grant handed back before it started ("released") is not an attempt:
+ * the job is pending again with the same attempt number, any number of
+ * times; released after START it counts as lost. */
+Test(rsm_jobs, released_before_start_is_not_an_attempt)
+{
+    struct tfsm t;
+    const struct rsm_job *j;
+    int64_t now = 1000;
+    t_init(&t);
+    OK(t_apply(&t, now, mk_member(1, false)));
+    OK(t_apply(&t, now, mk_renew(1, RSM_LEASE_MAX_MS)));
+    OK(t_apply(&t, now, mk_submit(0, 10))); /* j1: retries 0 */
+    for (uint64_t e = 1; e <= 10; e++) {
+        OK(t_apply(&t, now, mk_claim(1, 1, 1)));
+        OK(t_apply(&t, now, mk_finish(1, e, RSM_END_RELEASED, 0)));
+        j = rsm_fsm_job(t.f, 1);
+        cr_assert_eq(j->state, RSM_JOB_PENDING);
+        cr_assert_eq(j->attempt, 1);
+        cr_assert_eq(j->epoch, e);
+        cr_assert_eq(j->node, 0);
+    }
+    /* started, then "released": counted like a lost attempt */
+    OK(t_apply(&t, now, mk_claim(1, 1, 1)));
+    OK(t_apply(&t, now, mk_start(1, 11)));
+    OK(t_apply(&t, now, mk_finish(1, 11, RSM_END_RELEASED, 0)));
+    j = rsm_fsm_job(t.f, 1);
+    cr_assert_eq(j->state, RSM_JOB_PENDING);
+    cr_assert_eq(j->attempt, 2);
+    t_fini(&t);
+}
