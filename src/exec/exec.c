@@ -464,6 +464,23 @@ static int helper_spawn(struct exec *x, char *errmsg)
 
 /* ---- public API ---- */
 
+unsigned exec_fence_backstop(struct exec *x)
+{
+    uint64_t now = time_mono_ms();
+    if (x->n_jobs == 0) {
+        return 0;
+    }
+    if (now >= x->backstop_logged_ms + 1000) {
+        x->backstop_logged_ms = now;
+        LOGW(XMOD,
+             "fence: %u job(s) still running past the fence deadline; "
+             "killing their process groups from the agent (helper stalled?)",
+             x->n_jobs);
+    }
+    kill_known_groups(x);
+    return x->n_jobs;
+}
+
 bool exec_ready(const struct exec *x)
 {
     return x->state == EXEC__S_RUNNING && !x->pipe_eof && x->helper_pid != 0;

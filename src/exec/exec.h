@@ -110,16 +110,17 @@ struct exec
     void *ud;
     exec_close_cb close_cb;
 
-    uv_process_t proc;   /* the helper */
-    uv_pipe_t pipe;      /* socketpair to the helper (its fd 3) */
-    uv_timer_t timer;    /* restart backoff / close watchdog */
-    int state;           /* EXEC__S_* in exec_int.h */
-    unsigned open;       /* open helper handles (proc, pipe) */
-    bool proc_exited;    /* helper exit_cb seen */
-    bool pipe_eof;       /* EOF or error on the helper pipe */
-    pid_t helper_pid;    /* pid of the current helper, 0 if none */
-    unsigned restarts;   /* helper restarts so far */
-    unsigned backoff_ms; /* next restart delay */
+    uv_process_t proc;           /* the helper */
+    uv_pipe_t pipe;              /* socketpair to the helper (its fd 3) */
+    uv_timer_t timer;            /* restart backoff / close watchdog */
+    int state;                   /* EXEC__S_* in exec_int.h */
+    uint64_t backstop_logged_ms; /* last fence-backstop warning */
+    unsigned open;               /* open helper handles (proc, pipe) */
+    bool proc_exited;            /* helper exit_cb seen */
+    bool pipe_eof;               /* EOF or error on the helper pipe */
+    pid_t helper_pid;            /* pid of the current helper, 0 if none */
+    unsigned restarts;           /* helper restarts so far */
+    unsigned backoff_ms;         /* next restart delay */
 
     struct exec_job *jobs; /* owned array of running jobs */
     unsigned n_jobs;
@@ -173,6 +174,14 @@ bool exec_is_fenced(const struct exec *x);
 
 /* Number of jobs accepted and not yet reported by on_exit. */
 unsigned exec_running(const struct exec *x);
+
+/* The agent's own fence backstop: SIGKILL every job process group exec
+ * still knows of. For the agent to call once its fence deadline passed by
+ * a margin while jobs are still reported running: the helper enforces the
+ * fence itself, so this only acts if the helper is stalled (e.g.
+ * suspended in a spawn whose child hangs before exec). Returns how many
+ * groups were signalled. */
+unsigned exec_fence_backstop(struct exec *x);
 
 /* Whether the helper is up and a spawn can be sent now (false while it is
  * being restarted after dying, and once closing). */

@@ -16,9 +16,10 @@
 
 #define MOD "sched"
 
-#define EXPIRE_TICK_MS 50 /* leader expiry checks (O(members), cheap) */
-#define EXPIRED_MAX 1024  /* remembered (node, lease_until) expiries */
-#define CLAIM_HOLD_MS 250 /* after a rejected claim of a job */
+#define EXPIRE_TICK_MS 50     /* leader expiry checks (O(members), cheap) */
+#define EXPIRED_MAX 1024      /* remembered (node, lease_until) expiries */
+#define CLAIM_HOLD_MS 250     /* after a rejected claim of a job */
+#define FENCE_BACKSTOP_MS 500 /* agent kills jobs this long past the fence */
 
 struct sched_seen
 {
@@ -628,6 +629,15 @@ static void scan_timer_cb(uv_timer_t *t)
 
     if (s->closing) {
         return;
+    }
+    /* Fence backstop: the helper kills every job at the fence deadline on
+     * its own clock. If jobs are still reported running well after it, the
+     * helper is stalled (suspended in a spawn whose child hangs before
+     * exec): kill their groups from here, still ~1 s before the leader may
+     * expire this node's lease (lease + grace vs lease - margin). */
+    if (s->fence_deadline != 0 &&
+        time_mono_ms() >= s->fence_deadline + FENCE_BACKSTOP_MS) {
+        exec_fence_backstop(&s->exec);
     }
     /* Output that could not be proposed (memory) gets another chance. */
     map_iter_init(&it, &s->runs);

@@ -368,6 +368,29 @@ static bool pid_gone(void *arg)
     return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
+/* Gone, or dead and not reaped yet (its parent, the helper, is stopped). */
+static bool pid_dead(void *arg)
+{
+    pid_t pid = *(pid_t *)arg;
+    char path[64], buf[256];
+    const char *p;
+    FILE *f;
+    size_t n;
+    if (pid_gone(arg)) {
+        return true;
+    }
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    if (f == NULL) {
+        return true;
+    }
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    p = strrchr(buf, ')');
+    return p != NULL && p[1] == ' ' && p[2] == 'Z';
+}
+
 /* ---- tests ---- */
 
 TestSuite(sched_loop, .timeout = 90);
@@ -866,5 +889,44 @@ Test(sched_loop, helper_death_leaves_waiting_jobs_waiting)
                  j->attempt);
     cr_assert_eq(j->attempt, 1);
     slots = 8;
+    stop();
+}
+
+/* The helper is stalled (SIGSTOP here; in production: suspended in a
+ * spawn whose child hangs before exec) when the fence deadline passes:
+ * the agent's backstop kills the job's group itself, still before the
+ * leader could expire the lease. */
+Test(sched_loop, fence_backstop_kills_when_the_helper_is_stalled)
+{
+    char pidfile[600];
+    char script[2048];
+    uint64_t t_stop;
+    pid_t pid, helper;
+
+    lease_ms = 1500;
+    margin_ms = 300;
+    start();
+    snprintf(pidfile, sizeof pidfile, "%s/pid", root);
+    snprintf(script, sizeof script,
+             "echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 60", pidfile, pidfile,
+             pidfile);
+    submit(script, NULL);
+    cr_assert(run_until(file_exists, pidfile, 10000), "never started");
+    pid = read_pid(pidfile);
+    helper = sched.exec.helper_pid;
+    cr_assert_gt(helper, 0);
+    cr_assert_eq(kill(helper, SIGSTOP), 0);
+    t_stop = th_now_ms();
+    sched_test_hold_renewals(&sched, true);
+    if (!run_until(pid_dead, &pid, lease_ms + 3000)) {
+        kill(helper, SIGCONT);
+        cr_assert_fail("job not killed while the helper was stalled");
+    }
+    /* deadline (<= lease - margin after t_stop) + backstop 500 ms + one
+     * scan period, and well before lease + grace */
+    cr_assert_leq(th_now_ms() - t_stop, lease_ms - margin_ms + 500 + 400);
+    kill(helper, SIGCONT);
+    sched_test_hold_renewals(&sched, false);
+    cr_assert(run_until(unfenced, NULL, 5000), "fence never lifted");
     stop();
 }
