@@ -1,5 +1,8 @@
 /* Real struct rsm instances (raft_uv over TCP on 127.0.0.1) sharing one uv
- * loop in the test process; forwarding is done in-process. */
+ * loop in the test process; forwarding is done in-process. Suite
+ * rsm_digest_loop: the leader proposes DIGESTs on its cadence, every node
+ * agrees, and a follower whose FSM is corrupted on purpose (test hook)
+ * flags itself diverged while the others do not. */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,6 +15,7 @@
 #include "raft/rsm.h"
 
 TestSuite(rsm_loop, .timeout = 60);
+TestSuite(rsm_digest_loop, .timeout = 60);
 
 #define N 3
 #define NMAX 5
@@ -23,6 +27,7 @@ static bool closed[NMAX];
 static char root[512];
 static uint16_t ports[NMAX];
 static unsigned fwd_timeout_ms = 3000;
+static unsigned digest_entries = 0; /* 0: the default cadence */
 
 /* The forward hook: hand the batch to the leader's instance directly. */
 static int forward(struct rsm *r,
@@ -97,6 +102,9 @@ static struct rsm *make_node(unsigned i, unsigned n_ports)
     cfg.snapshot_trailing = 64;
     cfg.forward_timeout_ms = fwd_timeout_ms;
     cfg.forward = forward;
+    if (digest_entries != 0) {
+        cfg.digest_entries = digest_entries;
+    }
     r = rsm_create(&loop, &cfg, errmsg);
     cr_assert_not_null(r, "%s", errmsg);
     cr_assert_eq(rsm_start(r, errmsg), 0, "%s", errmsg);
@@ -573,4 +581,118 @@ Test(rsm_loop,
     cr_assert_eq(o.rv, ERR_UNAVAILABLE, "%s", err_str(o.rv));
     cr_assert_not(rsm_is_leader(nodes[leader]));
     close_node((unsigned)leader);
+}
+
+/* --- divergence detection (suite rsm_digest_loop) ------------------- */
+
+/* One pipeline per proposal, waited for: one entry each. */
+static void write_n(unsigned leader, unsigned from, unsigned n)
+{
+    for (unsigned k = from; k < from + n; k++) {
+        struct outcome o;
+        char name[32];
+        snprintf(name, sizeof name, "p%u", k);
+        propose_pipeline(nodes[leader], name, &o);
+    }
+}
+
+/* Every node applied the same index and holds the same record, and the
+ * followers compared at least min_checks leader records. */
+struct agree_arg
+{
+    uint64_t min_index;
+    uint64_t min_checks;
+};
+
+static bool all_agree(void *arg)
+{
+    struct agree_arg *a = arg;
+    struct rsm_digest_status d0;
+    rsm_digest_status(nodes[0], &d0);
+    if (d0.last.index < a->min_index) {
+        return false;
+    }
+    for (unsigned i = 0; i < N; i++) {
+        struct rsm_digest_status d;
+        rsm_digest_status(nodes[i], &d);
+        if (rsm_last_applied(nodes[i]) != rsm_last_applied(nodes[0]) ||
+            d.last.index != d0.last.index || d.last.chain != d0.last.chain ||
+            d.last.state != d0.last.state || d.chain != d0.chain ||
+            d.checks < a->min_checks) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool is_diverged(void *arg)
+{
+    return rsm_diverged(nodes[(uintptr_t)arg]);
+}
+
+Test(rsm_digest_loop,
+     digests_agree_then_a_corrupted_follower_is_flagged,
+     .init = loop_setup,
+     .fini = loop_teardown)
+{
+    struct rsm_server servers[N];
+    struct agree_arg aa;
+    struct rsm_digest_status d;
+    int leader;
+    unsigned bad, good;
+
+    digest_entries = 8; /* a DIGEST every 8 applied entries */
+    th_free_ports(ports, N);
+    for (unsigned i = 0; i < N; i++) {
+        servers[i].id = i + 1;
+        snprintf(servers[i].raft, sizeof servers[i].raft, "127.0.0.1:%u",
+                 ports[i]);
+    }
+    for (unsigned i = 0; i < N; i++) {
+        nodes[i] = make_node(i, N);
+        cr_assert_eq(rsm_bootstrap(nodes[i], servers, N), 0);
+    }
+    cr_assert(run_until(has_leader, NULL, 5000), "no leader elected");
+    leader = leader_index();
+
+    /* 40 entries: the leader proposes a DIGEST after each 8, and every
+     * node checks the leader's records against its own. */
+    write_n((unsigned)leader, 0, 40);
+    aa.min_index = 20;
+    aa.min_checks = 2;
+    cr_assert(run_until(all_agree, &aa, 5000),
+              "nodes do not agree on the digest records");
+    for (unsigned i = 0; i < N; i++) {
+        cr_assert(!rsm_diverged(nodes[i]));
+    }
+    rsm_digest_status(nodes[leader], &d);
+    cr_assert_neq(d.last.state, 0);
+    cr_assert_gt(d.checked_index, 0);
+
+    /* Corrupt one follower's state (a lasting difference, as a lost or
+     * garbled entry would leave): it is flagged within two DIGESTs. */
+    bad = (unsigned)(leader + 1) % N;
+    good = (unsigned)(leader + 2) % N;
+    rsm__fsm_test_perturb(rsm__core(nodes[bad]), 0, 1);
+    write_n((unsigned)leader, 100, 40);
+    cr_assert(run_until(is_diverged, (void *)(uintptr_t)bad, 5000),
+              "the corrupted follower was not flagged");
+    rsm_digest_status(nodes[bad], &d);
+    cr_assert(d.diverged);
+    cr_assert_gt(d.detected_at, d.own.index);
+    cr_assert_eq(d.own.index, d.leader.index);
+    cr_assert_neq(d.own.state, d.leader.state);
+    cr_assert_eq(d.own.chain, d.leader.chain); /* the log itself is fine */
+    /* The leader and the healthy follower are not flagged. */
+    aa.min_index = 0;
+    aa.min_checks = 0;
+    cr_assert(!rsm_diverged(nodes[leader]));
+    cr_assert(!rsm_diverged(nodes[good]));
+
+    for (unsigned i = 0; i < N; i++) {
+        closed[i] = false;
+        rsm_close(nodes[i], closed_cb, (void *)(uintptr_t)i);
+        cr_assert(run_until(is_closed, (void *)(uintptr_t)i, 5000));
+        nodes[i] = NULL;
+    }
 }
